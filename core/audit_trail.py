@@ -1,0 +1,87 @@
+"""Append-only audit trail of every prediction, in a local SQLite database (WAL mode).
+
+Each record holds the time, the file's SHA-256 (never the image, never patient tags),
+the model's SHA-256, the predicted class, the probabilities, the flags and the CAM
+method. Each write is its own transaction; WAL lets many sessions write and read at once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+DEFAULT_AUDIT_PATH = Path(os.environ.get("MRI_APP_DATA", Path.home() / ".mri-review")) / "audit.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    source TEXT NOT NULL,
+    file_sha256 TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    predicted TEXT,
+    confidence REAL,
+    probabilities TEXT,
+    ood INTEGER,
+    uncertain INTEGER,
+    cam_method TEXT,
+    error TEXT
+)
+"""
+COLUMNS = ("id", "timestamp", "source", "file_sha256", "model_sha256", "predicted", "confidence",
+           "probabilities", "ood", "uncertain", "cam_method", "error")
+
+
+class AuditTrail:
+    """Thread-safe writer/reader for one SQLite file. Connections are per call: cheap, and
+    safe across threads and processes."""
+
+    def __init__(self, path: str | Path = DEFAULT_AUDIT_PATH):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    def record(self, *, source: str, file_sha256: str, model_sha256: str, predicted: str | None = None,
+               confidence: float | None = None, probabilities: dict[str, float] | None = None,
+               ood: bool | None = None, uncertain: bool | None = None, cam_method: str | None = None,
+               error: str | None = None) -> None:
+        """Append one record in its own transaction."""
+        row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source, file_sha256, model_sha256, predicted,
+               confidence, json.dumps(probabilities) if probabilities is not None else None,
+               None if ood is None else int(ood), None if uncertain is None else int(uncertain), cam_method, error)
+        with self._lock, self._connect() as con:  # "with con" commits or rolls back
+            con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, predicted, "
+                        "confidence, probabilities, ood, uncertain, cam_method, error) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def recent(self, limit: int = 100) -> list[dict]:
+        """Newest records first."""
+        with self._connect() as con:
+            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions ORDER BY id DESC LIMIT ?", (limit,))
+            return [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
+
+    def count(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+
+    def export_csv(self, limit: int | None = None) -> str:
+        """All (or the newest ``limit``) records as CSV text."""
+        rows = self.recent(limit if limit is not None else -1)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()

@@ -1,0 +1,137 @@
+"""Checkpoint I/O: safetensors weights + a JSON model card, verified by SHA-256.
+
+Layout of a model folder (``weights/`` ships one)::
+
+    model.safetensors   tensors only (no pickle): state dict + OOD statistics
+    model_card.json     class names, input spec, architecture, calibration, OOD
+                        threshold, training provenance, headline metrics, intended
+                        use, and the SHA-256 of model.safetensors
+    metrics.json        full evaluation written by train.py (dashboard metrics page)
+    data_audit.json     the data audit report
+
+Loading refuses a weights file whose SHA-256 differs from the card's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.errors import CheckpointError
+from core.model import Classifier, build_model
+from core.ood import MahalanobisOOD
+from core.preprocess import PreprocessSpec
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+METRICS_FILE = "metrics.json"
+AUDIT_FILE = "data_audit.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights"
+INTENDED_USE = ("Research use only, not for diagnosis. Classifies single 2-D brain MRI slices into "
+                "the trained classes to support research and review; not a medical device, not "
+                "validated for clinical decisions.")
+_OOD_PREFIX = "ood."
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """Everything needed to serve a model; built by :func:`load_bundle`."""
+
+    model: Classifier  # on CPU, eval mode
+    card: dict
+    spec: PreprocessSpec
+    class_names: list[str]
+    temperature: float
+    ood: MahalanobisOOD | None
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", "unknown"))
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", "model"))
+
+
+def save_bundle(folder: str | Path, model: Classifier, card: dict, ood: MahalanobisOOD | None = None) -> dict:
+    """Write weights and card; fills ``card['weights']`` with file name, size and SHA-256.
+
+    Weights are stored in float32; the card is returned as written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ood is not None:
+        tensors[_OOD_PREFIX + "means"] = ood.means.cpu().contiguous()
+        tensors[_OOD_PREFIX + "precision"] = ood.precision.cpu().contiguous()
+    wpath = folder / WEIGHTS_FILE
+    save_file(tensors, str(wpath), metadata={"format": "pt"})
+    card = dict(card)
+    card["weights"] = {"file": WEIGHTS_FILE, "bytes": wpath.stat().st_size, "sha256": sha256_file(wpath)}
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
+    return card
+
+
+def read_card(folder: str | Path = DEFAULT_MODEL_DIR) -> dict:
+    path = Path(folder) / CARD_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"model card not found: {path}. Train a model with train.py first.") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"model card {path} is not valid JSON ({exc})") from None
+
+
+def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
+    """Load and verify a model folder. Raises :class:`CheckpointError` with a clear reason.
+
+    The weights file's SHA-256 must equal the card's; tensors are read with
+    safetensors, which executes no code.
+    """
+    folder = Path(folder)
+    card = read_card(folder)
+    try:
+        wfile = folder / card["weights"]["file"]
+        expected = card["weights"]["sha256"]
+        arch = card["architecture"]
+        class_names = list(card["class_names"])
+        spec = PreprocessSpec.from_dict(card["input_spec"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"model card {folder / CARD_FILE} is missing field {exc}") from None
+    if not wfile.is_file():
+        raise CheckpointError(f"weights file not found: {wfile}")
+    actual = sha256_file(wfile)
+    if actual != expected:
+        raise CheckpointError(
+            f"weights file {wfile.name} failed its integrity check: SHA-256 is {actual[:12]}…, "
+            f"the model card expects {expected[:12]}…. The file was modified or truncated; refusing to load it.")
+    try:
+        tensors = load_file(str(wfile))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"weights file {wfile.name} cannot be read as safetensors ({exc})") from None
+    ood = None
+    if _OOD_PREFIX + "means" in tensors:
+        ood = MahalanobisOOD(tensors.pop(_OOD_PREFIX + "means"), tensors.pop(_OOD_PREFIX + "precision"),
+                             float(card.get("ood", {}).get("threshold", float("inf"))))
+    model = build_model(arch["name"], spec.channels, len(class_names))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not match architecture {arch['name']!r}: {exc}") from None
+    model.eval()
+    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    return ModelBundle(model, card, spec, class_names, temperature, ood, actual)

@@ -1,0 +1,122 @@
+"""Evaluate a model on any labelled folder tree (``ROOT/<class>/**/<image>``).
+
+    python -m core.evaluate FOLDER [--weights weights] [--out metrics.json] [--device auto]
+
+The same code path as serving: files are decoded and preprocessed by ``core`` and
+predicted by :class:`core.predictor.Predictor`. ``train.py`` uses it for the shipped
+metrics, and the dashboard for re-evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from core.calibration import softmax
+from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
+from core.dataset import list_labelled_files
+from core.device import select_device
+from core.errors import ImageLoadError
+from core.metrics import evaluate_predictions, summary
+from core.predictor import Predictor
+from core.preprocess import preprocess
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class LabelledRun:
+    """Raw outputs for the readable files of a labelled tree (index-aligned)."""
+
+    files: list[str]
+    labels: np.ndarray  # int (N,)
+    logits: np.ndarray  # float (N, K), before temperature
+    ood_flags: np.ndarray  # bool (N,)
+    ood_scores: np.ndarray  # float (N,)
+    errors: list[dict]  # unreadable files: {"file", "error"}
+
+
+def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
+                 progress: ProgressFn | None = None, show_bar: bool = False) -> LabelledRun:
+    """Predict every image below ``root/<class>`` for the predictor's classes.
+
+    Sub-folders whose names are not among the model's classes are ignored.
+    """
+    root = Path(root)
+    names = predictor.class_names
+    if not any((root / n).is_dir() for n in names):
+        raise ValueError(f"{root} has none of the class folders {names}; expected ROOT/<class>/<images>")
+    files = list_labelled_files(root, names)
+    kept, labels, logits, flags, scores, errors = [], [], [], [], [], []
+    pending: list = []
+
+    def flush() -> None:
+        for (rel, lab, _), pr in zip(pending, predictor.predict_preprocessed([p for _, _, p in pending])):
+            kept.append(rel)
+            labels.append(lab)
+            logits.append(pr.logits)
+            scores.append(pr.ood_score)
+            flags.append(pr.ood)
+        pending.clear()
+
+    bar = tqdm(total=len(files), desc="evaluating", disable=not show_bar)
+    for i, (rel, lab) in enumerate(files):
+        try:
+            pending.append((rel, lab, preprocess(root / rel, predictor.spec)))
+        except ImageLoadError as exc:
+            errors.append({"file": rel, "error": str(exc)})
+        if len(pending) >= batch_size:
+            flush()
+        bar.update(1)
+        if progress:
+            progress(i + 1, len(files))
+    if pending:
+        flush()
+    bar.close()
+    k = len(names)
+    return LabelledRun(kept, np.array(labels, int), np.array(logits).reshape(-1, k), np.array(flags, bool),
+                       np.array(scores, float), errors)
+
+
+def metrics_for_run(run: LabelledRun, class_names: list[str], temperature: float,
+                    mask: np.ndarray | None = None) -> dict:
+    """:func:`core.metrics.evaluate_predictions` on a run (optionally a boolean subset)."""
+    m = np.ones(len(run.files), bool) if mask is None else mask
+    files = [f for f, keep in zip(run.files, m) if keep]
+    out = evaluate_predictions(run.labels[m], softmax(run.logits[m], temperature), class_names, files,
+                               probs_uncalibrated=softmax(run.logits[m], 1.0))
+    out["ood_flagged"] = int(run.ood_flags[m].sum())
+    out["unreadable"] = run.errors if mask is None else []
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate a model on a labelled folder tree ROOT/<class>/<images>.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("folder", help="labelled folder: one sub-folder per class, named as in the model card")
+    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights)")
+    p.add_argument("--out", default=None, help="write the full metrics JSON here")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    args = p.parse_args(argv)
+    bundle = load_bundle(args.weights)
+    predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
+    run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
+    metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
+    metrics["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+    print(json.dumps(summary(metrics), indent=2))
+    if run.errors:
+        print(f"{len(run.errors)} unreadable file(s) skipped; see 'unreadable' in the JSON")
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

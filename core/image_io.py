@@ -1,0 +1,248 @@
+"""Decode any supported input (JPG/PNG/TIFF/BMP/DICOM as path, bytes or array) to one grey image.
+
+The content decides the format, never the file extension. Every failure raises
+:class:`core.errors.ImageLoadError` with a message that names the problem.
+
+Output contract (:class:`DecodedImage`):
+    ``pixels``: ``np.ndarray`` float32, shape (H, W), values in [0, 1] (0 = black),
+    finite. Colour inputs are converted to luminance; how colourful they were is
+    kept in ``colourfulness`` because a colour photo is not an MRI slice.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import ImageLoadError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
+
+# PIL's own bomb check warns at ~89 Mpx and raises at twice that; we apply our own,
+# configurable limit from the header before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Input guards. ``max_pixels`` is checked from the header before allocation."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    max_bytes: int = 200 * 1024 * 1024
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass
+class DecodedImage:
+    """A decoded 2-D grey image plus what we learned while decoding it."""
+
+    pixels: np.ndarray  # float32 (H, W) in [0, 1]
+    source_format: str  # "JPEG", "PNG", "DICOM", "array", ...
+    original_mode: str  # PIL mode or DICOM photometric interpretation
+    bit_depth: int
+    colourfulness: float = 0.0  # mean chroma in [0, 1]; ~0 for grey images
+    warnings: list[str] = field(default_factory=list)
+    dicom_tags: dict[str, str] = field(default_factory=dict)  # non-identifying only
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels, as PIL reports sizes."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+def read_source_bytes(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, str]:
+    """Raw bytes and a display name of a path or bytes input; ImageLoadError if unreadable."""
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), "upload"
+    else:
+        path = Path(source)
+        name = path.name
+        try:
+            if not path.is_file():
+                raise ImageLoadError(f"{name}: file not found or not a regular file")
+            size = path.stat().st_size
+            if size > limits.max_bytes:
+                raise ImageLoadError(
+                    f"{name}: file is {size / 1e6:.0f} MB, over the {limits.max_bytes / 1e6:.0f} MB limit")
+            data = path.read_bytes()
+        except PermissionError:
+            raise ImageLoadError(f"{name}: permission denied; the file cannot be read") from None
+        except FileNotFoundError:
+            raise ImageLoadError(f"{name}: file disappeared before it could be read") from None
+        except IsADirectoryError:
+            raise ImageLoadError(f"{name}: is a folder, not an image file") from None
+        except OSError as exc:
+            raise ImageLoadError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) == 0:
+        raise ImageLoadError(f"{name}: file is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageLoadError(f"{name}: {len(data) / 1e6:.0f} MB is over the {limits.max_bytes / 1e6:.0f} MB limit")
+    return data, name
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _describe_non_image(data: bytes) -> str:
+    head = data[:8]
+    if head.startswith(b"%PDF"):
+        return "is a PDF document, not an image"
+    if head.startswith(b"PK"):
+        return "is a ZIP/Office archive, not an image"
+    sample = data[:512]
+    if sample and all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
+        return "is a text file, not an image"
+    return "is not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)"
+
+
+def to_unit_range(arr: np.ndarray) -> np.ndarray:
+    """Scale an integer or float array to float32 in [0, 1].
+
+    Integers are divided by their dtype's maximum, so an 8-bit image and its
+    16-bit copy (x257) give the same values. Floats are min-max scaled.
+    """
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        if info.min < 0:  # signed: shift to non-negative first
+            arr = arr.astype(np.float64) - info.min
+            return (arr / (info.max - info.min)).astype(np.float32)
+        return (arr.astype(np.float64) / info.max).astype(np.float32)
+    arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise ImageLoadError("image contains no finite pixel values (all NaN/inf)")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    arr = np.where(finite, arr, lo)
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def colourfulness(rgb01: np.ndarray) -> float:
+    """Mean absolute chroma of an (H, W, 3) image in [0, 1]; 0 for grey."""
+    r, g, b = rgb01[..., 0], rgb01[..., 1], rgb01[..., 2]
+    return float((np.abs(r - g) + np.abs(g - b) + np.abs(b - r)).mean() / 2.0)
+
+
+def array_to_grey(arr: np.ndarray, fmt: str = "array", mode: str = "array") -> DecodedImage:
+    """Turn an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array into a :class:`DecodedImage`.
+
+    RGBA is composited over black (MRI background) using its alpha channel.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageLoadError(f"unsupported array shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    bit_depth = arr.dtype.itemsize * 8
+    unit = to_unit_range(arr)
+    chroma = 0.0
+    if unit.ndim == 3:
+        if unit.shape[2] == 4:
+            unit = unit[..., :3] * unit[..., 3:4]
+        chroma = colourfulness(unit)
+        # ITU-R BT.601 luma, the same weights PIL uses for "L".
+        unit = unit[..., 0] * 0.299 + unit[..., 1] * 0.587 + unit[..., 2] * 0.114
+    return DecodedImage(np.ascontiguousarray(unit, np.float32), fmt, mode, bit_depth, chroma)
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    elif mode == "CMYK" or mode == "YCbCr" or mode == "LAB" or mode == "HSV":
+        im = im.convert("RGB")
+    elif mode == "LA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode.startswith("I;16"):
+        return np.array(im, dtype=np.uint16)
+    return np.array(im)
+
+
+def _decode_pil(data: bytes, name: str, limits: DecodeLimits) -> DecodedImage:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name} {_describe_non_image(data)}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt headers
+        raise ImageLoadError(f"{name}: corrupt image header ({exc})") from None
+    w, h = im.size
+    if w * h > limits.max_pixels:
+        raise ImageLoadError(
+            f"{name}: header says {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the "
+            f"{limits.max_pixels / 1e6:.0f} Mpx limit; refused before decoding (possible decompression bomb)")
+    if min(w, h) < limits.min_side:
+        raise ImageLoadError(f"{name}: image is only {w}x{h} px; at least {limits.min_side} px per side is needed")
+    warns: list[str] = []
+    n_frames = getattr(im, "n_frames", 1)
+    try:
+        if n_frames > 1:
+            mid = n_frames // 2
+            im.seek(mid)
+            warns.append(f"multi-frame image: used the middle frame ({mid + 1} of {n_frames})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+        arr = _pil_to_array(im)
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg or "broken data stream" in msg or "unrecognized data stream" in msg:
+            raise ImageLoadError(f"{name}: {im.format or 'image'} file is truncated or corrupt ({msg})") from None
+        raise ImageLoadError(f"{name}: cannot decode {im.format or 'image'} data ({msg})") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"{name}: cannot decode {im.format or 'image'} data ({exc})") from None
+    out = array_to_grey(arr, fmt=im.format or "image", mode=im.mode)
+    out.warnings.extend(warns)
+    return out
+
+
+def decode_image(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS,
+                 include_identifying_tags: bool = False) -> DecodedImage:
+    """Decode a path, raw bytes or array into a grey :class:`DecodedImage`.
+
+    Args:
+        source: file path, file bytes, or an (H, W[, C]) array of any integer/float dtype.
+        limits: pixel/byte/side guards; the pixel limit is checked before decoding.
+        include_identifying_tags: DICOM only; patient tags are returned only when True.
+
+    Raises:
+        ImageLoadError: with a user-facing reason, for every unreadable input.
+    """
+    if isinstance(source, np.ndarray):
+        h, w = source.shape[:2] if source.ndim >= 2 else (0, 0)
+        if source.ndim < 2 or min(h, w) < limits.min_side:
+            raise ImageLoadError(f"array of shape {source.shape} is too small; "
+                                 f"at least {limits.min_side} px per side is needed")
+        if h * w > limits.max_pixels:
+            raise ImageLoadError(f"array of {w}x{h} px is over the {limits.max_pixels / 1e6:.0f} Mpx limit")
+        return array_to_grey(source)
+    data, name = read_source_bytes(source, limits)
+    return decode_bytes(data, name, limits, include_identifying_tags)
+
+
+def decode_bytes(data: bytes, name: str = "upload", limits: DecodeLimits = DEFAULT_LIMITS,
+                 include_identifying_tags: bool = False) -> DecodedImage:
+    """Decode file bytes; ``name`` is used in messages and as a DICOM hint (``.dcm``)."""
+    if not data:
+        raise ImageLoadError(f"{name}: file is empty (0 bytes)")
+    if looks_like_dicom(data) or name.lower().endswith(".dcm"):
+        from core.dicom_io import decode_dicom  # pydicom is only imported when needed
+
+        return decode_dicom(data, name, limits, include_identifying_tags)
+    return _decode_pil(data, name, limits)

@@ -1,0 +1,165 @@
+"""The one preprocessing definition shared by training, evaluation and serving.
+
+Pipeline (parameters in :class:`PreprocessSpec`, stored in every checkpoint's card):
+  1. robust intensity scaling: min .. ``intensity_percentile`` -> [0, 1], so 8-bit,
+     16-bit, DICOM and differently exposed scans land on one scale;
+  2. crop to the head: Otsu threshold + largest contour, with a margin; falls back to
+     the whole image when no plausible head is found;
+  3. pad to a square with black (keeps the aspect ratio), resize to ``image_size``;
+  4. standardise with ``mean``/``std`` measured on the training set.
+
+The geometry of steps 2-3 is kept in :class:`Preprocessed`, so a heatmap at model
+resolution can be mapped back onto the original image.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from core.image_io import DecodedImage, DecodeLimits, DEFAULT_LIMITS, ImageSource, decode_image
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Input contract of a model. Serialised into the model card as a dict."""
+
+    image_size: int = 160
+    channels: int = 1
+    intensity_percentile: float = 99.5
+    crop_margin: float = 0.03  # fraction of the crop side added on each edge
+    min_head_fraction: float = 0.08  # smaller "heads" are treated as a failed crop
+    mean: float = 0.0
+    std: float = 1.0
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass
+class Preprocessed:
+    """A model-ready image plus the geometry needed to map results back.
+
+    ``image``: float32 (S, S) in [0, 1] before standardisation (used for caching);
+    ``crop_box``: (x0, y0, x1, y1) in original pixels; ``square_side``: side of the
+    padded square in original pixels; ``pad``: (left, top) offsets of the crop in it.
+    """
+
+    image: np.ndarray
+    crop_box: tuple[int, int, int, int]
+    square_side: int
+    pad: tuple[int, int]
+    original_size: tuple[int, int]  # (width, height)
+    blank: bool
+    crop_found: bool
+    decoded: DecodedImage | None = field(default=None, repr=False)
+
+    def tensor(self, spec: PreprocessSpec) -> torch.Tensor:
+        """Standardised model input, float32 of shape (channels, S, S)."""
+        return to_model_tensor(self.image, spec)
+
+
+def to_model_tensor(image01: np.ndarray | torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(…, S, S) images in [0, 1] -> standardised float32 tensor with a channel axis.
+
+    Accepts one image (S, S) -> (C, S, S) or a batch (N, S, S) -> (N, C, S, S).
+    """
+    t = torch.as_tensor(image01, dtype=torch.float32)
+    t = (t - spec.mean) / spec.std
+    t = t.unsqueeze(-3)
+    if spec.channels > 1:
+        t = t.expand(*t.shape[:-3], spec.channels, *t.shape[-2:]).contiguous()
+    return t
+
+
+def _intensity_window(small: np.ndarray, percentile: float) -> tuple[float, float]:
+    lo = float(small.min())
+    hi = float(np.percentile(small, percentile))
+    if hi - lo < 1e-3:  # very sparse bright content: use the true max
+        hi = float(small.max())
+    return lo, hi
+
+
+def find_head_box(norm01: np.ndarray, min_fraction: float) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1) of the largest bright blob, or None if implausible."""
+    img8 = (np.clip(norm01, 0, 1) * 255).astype(np.uint8)
+    img8 = cv2.GaussianBlur(img8, (5, 5), 0)
+    thr, mask = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if thr <= 2:  # nothing separates foreground from background
+        return None
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    largest = max(contours, key=cv2.contourArea)
+    x, y, w, h = cv2.boundingRect(largest)
+    if w * h < min_fraction * norm01.size:
+        return None
+    return x, y, x + w, y + h
+
+
+def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preprocessed:
+    """Run steps 1-3 of the pipeline on a decoded image (see module docstring)."""
+    pix = decoded.pixels
+    h, w = pix.shape
+    # Statistics and the head search run on a <=256 px copy: same answer, far cheaper.
+    scale = min(1.0, 256.0 / max(h, w))
+    small = cv2.resize(pix, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else pix
+    lo, hi = _intensity_window(small, spec.intensity_percentile)
+    blank = (hi - lo) < 1e-3
+    if blank:
+        norm = np.zeros_like(pix)
+        box = None
+    else:
+        norm = np.clip((pix - lo) / (hi - lo), 0.0, 1.0)
+        small_norm = np.clip((small - lo) / (hi - lo), 0.0, 1.0)
+        box = find_head_box(small_norm, spec.min_head_fraction)
+    if box is None:
+        x0, y0, x1, y1 = 0, 0, w, h
+    else:
+        bx0, by0, bx1, by1 = (int(round(v / scale)) for v in box)
+        m = int(round(spec.crop_margin * max(bx1 - bx0, by1 - by0)))
+        x0, y0 = max(0, bx0 - m), max(0, by0 - m)
+        x1, y1 = min(w, bx1 + m), min(h, by1 + m)
+    crop = norm[y0:y1, x0:x1]
+    ch, cw = crop.shape
+    side = max(ch, cw)
+    left, top = (side - cw) // 2, (side - ch) // 2
+    square = np.zeros((side, side), np.float32)
+    square[top:top + ch, left:left + cw] = crop
+    s = spec.image_size
+    interp = cv2.INTER_AREA if side > s else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (s, s), interpolation=interp)
+    return Preprocessed(np.clip(resized, 0, 1).astype(np.float32), (x0, y0, x1, y1), side, (left, top),
+                        (w, h), blank, box is not None, decoded)
+
+
+def preprocess(source: ImageSource | DecodedImage, spec: PreprocessSpec,
+               limits: DecodeLimits = DEFAULT_LIMITS) -> Preprocessed:
+    """Decode (if needed) and preprocess one input. Raises ``ImageLoadError`` on bad input."""
+    decoded = source if isinstance(source, DecodedImage) else decode_image(source, limits)
+    return preprocess_decoded(decoded, spec)
+
+
+def map_to_original(heatmap: np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """Map an (S, S) map at model resolution back to the original (H, W) image frame.
+
+    Areas outside the head crop get 0. Returns float32 (H, W).
+    """
+    w, h = pre.original_size
+    x0, y0, x1, y1 = pre.crop_box
+    left, top = pre.pad
+    square = cv2.resize(heatmap.astype(np.float32), (pre.square_side, pre.square_side),
+                        interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((h, w), np.float32)
+    out[y0:y1, x0:x1] = square[top:top + (y1 - y0), left:left + (x1 - x0)]
+    return out

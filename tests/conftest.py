@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests make their own synthetic images; real data is optional."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_WEIGHTS = REPO / "weights"
+DATA_ROOT = Path(os.environ.get("MRI_DATA_ROOT", REPO.parent / "shared" / "data" / "brain-tumor-mri"))
+
+# Two cores on CI: keep each test process to one intra-op thread so parallel work stays predictable.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory) -> Path:
+    """A model folder produced by ``train.py --dry-run`` (seconds on CPU)."""
+    import train
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_bundle_dir):
+    from core.checkpoint import load_bundle
+    from core.predictor import Predictor
+
+    return Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def scan_u8(rng) -> np.ndarray:
+    """A synthetic grey 'head' slice, uint8 (256, 256)."""
+    from core.synthetic import fake_scan
+
+    return fake_scan(rng, 256, 1)
+
+
+def require_real_data() -> Path:
+    if not (DATA_ROOT / "Testing").is_dir():
+        pytest.skip(f"real dataset not found at {DATA_ROOT} (set MRI_DATA_ROOT); skipping real-data test")
+    return DATA_ROOT
+
+
+def require_shipped_weights() -> Path:
+    if not (SHIPPED_WEIGHTS / "model_card.json").is_file():
+        pytest.skip("no shipped weights in weights/ yet (run train.py)")
+    return SHIPPED_WEIGHTS

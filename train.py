@@ -34,13 +34,13 @@ from tqdm import tqdm
 from core import __version__
 from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.augment import AugmentConfig, augment_batch
-from core.calibration import fit_temperature
+from core.calibration import fit_temperature, softmax
 from core.checkpoint import AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, load_bundle, save_bundle
 from core.dataset import class_names_of, fingerprint, index_tree
 from core.device import autocast_dtype, select_device
 from core.errors import PretrainedUnavailableError
 from core.evaluate import metrics_for_run, run_labelled
-from core.metrics import summary
+from core.metrics import evaluate_predictions, summary
 from core.model import Classifier, build_model
 from core.ood import MahalanobisOOD
 from core.predictor import Predictor
@@ -317,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor(load_bundle(out), device)
     metrics: dict = {"model": {"name": card["name"], "version": card["version"], "sha256": card["weights"]["sha256"]},
                      "class_names": class_names, "sets": {}}
-    val_run_metrics = None
     if test_root is not None and test_root.is_dir():
         run = run_labelled(predictor, test_root, show_bar=True)
         test_groups = dict(zip((r.path for r in splits[args.test_dir]), groups[args.test_dir]))
@@ -328,12 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics["sets"]["testing_leak_free"]["definition"] = (
             f"Testing images with no exact (SHA-256) or near (pHash <= {args.near_distance} bits) copy in Training")
         metrics["ood"] = measure_ood(predictor, run.ood_flags, run.ood_scores, 25 if not args.dry_run else 2, args.seed)
-    val_probs_files = [tr_records[i].path for i in val_idx]
-    from core.metrics import evaluate_predictions
-    from core.calibration import softmax
-    val_run_metrics = evaluate_predictions(labels[val_idx], softmax(val_logits, temperature), class_names,
-                                           val_probs_files, softmax(val_logits, 1.0), n_boot=200)
-    metrics["sets"]["validation"] = val_run_metrics
+    metrics["sets"]["validation"] = evaluate_predictions(
+        labels[val_idx], softmax(val_logits, temperature), class_names, [tr_records[i].path for i in val_idx],
+        softmax(val_logits, 1.0), n_boot=200)
     metrics["audit_summary"] = {k: audit[k] for k in ("exact_duplicate_groups", "exact_duplicate_files",
                                                      "duplicate_groups_exact_or_near", "duplicate_files_exact_or_near",
                                                      "label_conflict_groups", "cross_split",

@@ -13,9 +13,22 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
-DEFAULT_AUDIT_PATH = Path(os.environ.get("MRI_APP_DATA", Path.home() / ".mri-review")) / "audit.sqlite3"
+AUDIT_DB_NAME = "audit.sqlite3"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the app's data folder (app_config.py)
+
+
+def default_audit_path() -> Path:
+    """``$MRI_APP_DATA/audit.sqlite3``; ``data/`` in the repository when the variable is unset.
+
+    Read at call time, so the dashboard, the batch CLI and tests agree on one place.
+    """
+    return Path(os.environ.get("MRI_APP_DATA") or DEFAULT_DATA_DIR) / AUDIT_DB_NAME
+
+
+DEFAULT_AUDIT_PATH = default_audit_path()  # as seen at import time; prefer default_audit_path()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -41,11 +54,11 @@ class AuditTrail:
     """Thread-safe writer/reader for one SQLite file. Connections are per call: cheap, and
     safe across threads and processes."""
 
-    def __init__(self, path: str | Path = DEFAULT_AUDIT_PATH):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_audit_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as con:
+        with closing(self._connect()) as con, con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
 
@@ -62,19 +75,19 @@ class AuditTrail:
         row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source, file_sha256, model_sha256, predicted,
                confidence, json.dumps(probabilities) if probabilities is not None else None,
                None if ood is None else int(ood), None if uncertain is None else int(uncertain), cam_method, error)
-        with self._lock, self._connect() as con:  # "with con" commits or rolls back
+        with self._lock, closing(self._connect()) as con, con:  # "with con" commits or rolls back
             con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, predicted, "
                         "confidence, probabilities, ood, uncertain, cam_method, error) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def recent(self, limit: int = 100) -> list[dict]:
         """Newest records first."""
-        with self._connect() as con:
+        with closing(self._connect()) as con:
             cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions ORDER BY id DESC LIMIT ?", (limit,))
             return [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
 
     def count(self) -> int:
-        with self._connect() as con:
+        with closing(self._connect()) as con:
             return int(con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
 
     def export_csv(self, limit: int | None = None) -> str:

@@ -1,18 +1,22 @@
 """Streaming batch review of a folder of JPG/PNG/TIFF/DICOM slices.
 
     python -m core.batch FOLDER --out results.csv [--cam-method gradcam] [--device auto] [--resume]
+                         [--audit-db PATH | --no-audit]
 
 Files are walked lazily (``core.files.iter_image_files``) and processed in small
 chunks, so memory does not grow with the folder. Each chunk's rows are appended to
 the CSV and flushed before the next chunk starts: an interruption loses at most the
 chunk in flight, and ``--resume`` skips every file already in the CSV. A file that
 cannot be read becomes a row with the reason in ``error``; it never stops the run.
+Every row is also appended to the audit trail (``core.audit_trail``; the CLI writes to
+``$MRI_APP_DATA/audit.sqlite3`` unless told otherwise).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import hashlib
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -20,11 +24,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from core.audit_trail import AuditTrail
+from core.audit_trail import AuditTrail, default_audit_path
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.device import select_device
 from core.errors import CheckpointError, ImageLoadError
-from core.files import count_image_files, iter_image_files
+from core.files import count_image_files, iter_image_files, resolve_within
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_source_bytes
 from core.predictor import Prediction, Predictor
 from core.preprocess import Preprocessed, preprocess_decoded
@@ -79,12 +83,17 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
               cam_method: str | None = None, resume: bool = False, chunk_size: int = 16,
               cancel: threading.Event | None = None, audit: AuditTrail | None = None,
               uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, limits: DecodeLimits = DEFAULT_LIMITS,
-              skipped: list[tuple[str, str]] | None = None) -> Iterator[dict]:
+              skipped: list[tuple[str, str]] | None = None,
+              allowed_roots: list[str | Path] | None = None) -> Iterator[dict]:
     """Review every image below ``root``, yielding one row per file as soon as it is done.
 
     Rows are appended to ``out_csv`` (if given) chunk by chunk, each chunk flushed.
     Setting ``cancel`` stops after the current chunk; finished rows are kept.
+    With ``allowed_roots``, a ``root`` outside them (``../``, absolute paths, symlinks)
+    raises :class:`core.files.PathNotAllowedError` before anything is read or written.
     """
+    if allowed_roots is not None:
+        root = resolve_within(root, allowed_roots)
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
@@ -110,12 +119,15 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
             handle.flush()
         for r in rows:
             if audit is not None:
+                # The audit keeps no file names (they can name a patient): the error text
+                # gets "<file>" in place of the name.
+                error = r["error"].replace(Path(r["path"]).name, "<file>") if r["error"] else None
                 audit.record(source="batch", file_sha256=r["file_sha256"], model_sha256=model_sha,
                              predicted=r["predicted"] or None, confidence=r["confidence"] or None,
                              probabilities={c: r[f"p_{c}"] for c in names} if r["predicted"] else None,
                              ood=r["ood"] if r["predicted"] else None,
                              uncertain=r["uncertain"] if r["predicted"] else None,
-                             cam_method=r["cam_method"] or None, error=r["error"] or None)
+                             cam_method=r["cam_method"] or None, error=error)
             yield r
 
     def flush_pending() -> list[dict]:
@@ -141,15 +153,17 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
             rel = path.relative_to(root).as_posix()
             if rel in skip:
                 continue
+            sha = ""  # kept on error rows too when the bytes could be read (audit: which file failed)
             try:
                 data, _ = read_source_bytes(path, limits)
                 sha = hashlib.sha256(data).hexdigest()
                 pre = preprocess_decoded(decode_bytes(data, path.name, limits), predictor.spec)
                 pending.append((rel, sha, pre))
             except ImageLoadError as exc:
-                ready.append(make_row(rel, names, error=str(exc)))
+                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha))
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
-                ready.append(make_row(rel, names, error=f"{path.name}: unexpected error ({type(exc).__name__}: {exc})"))
+                ready.append(make_row(rel, names, file_sha256=sha,
+                                      error=f"{path.name}: unexpected error ({type(exc).__name__}: {exc})"))
             if len(pending) >= chunk_size:
                 ready.extend(flush_pending())
             if len(ready) >= chunk_size or (ready and not pending):
@@ -173,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="skip files already in --out and append")
     p.add_argument("--chunk-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, help="confidence under this is 'uncertain'")
-    p.add_argument("--audit-db", default=None, help="append every prediction to this SQLite audit trail")
+    p.add_argument("--audit-db", default=None,
+                   help="SQLite audit trail every prediction is appended to (default: $MRI_APP_DATA/audit.sqlite3, "
+                        "MRI_APP_DATA defaulting to data/ in the repository)")
+    p.add_argument("--no-audit", action="store_true", help="do not write the audit trail")
     args = p.parse_args(argv)
     try:
         predictor = Predictor(load_bundle(args.weights), select_device(args.device), batch_size=args.chunk_size)
@@ -187,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     total = count_image_files(folder)
     if total == 0:
         print(f"no image files (jpg, png, tif, bmp, dcm) found under {folder}")
-    audit = AuditTrail(args.audit_db) if args.audit_db else None
+    try:
+        audit = None if args.no_audit else AuditTrail(args.audit_db or default_audit_path())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: cannot open the audit trail ({exc}); fix the path or pass --no-audit", file=sys.stderr)
+        return 2
     skipped: list[tuple[str, str]] = []
     counts = {"done": 0, "errors": 0}
     try:

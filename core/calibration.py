@@ -5,6 +5,9 @@ import numpy as np
 import torch
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
     """Temperature T > 0 minimising the NLL of ``softmax(logits / T)`` on held-out data.
 
@@ -24,7 +27,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().item())
+    # An uninformative model (e.g. a few-step dry run) drives T towards infinity; a cap
+    # keeps probabilities meaningful to compare while staying far from any real fit.
+    return float(min(max(log_t.exp().item(), MIN_TEMPERATURE), MAX_TEMPERATURE))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

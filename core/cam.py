@@ -1,28 +1,62 @@
-"""Grad-CAM family heatmaps via the ``grad-cam`` package, for any chosen class.
+"""Grad-CAM family heatmaps for any chosen class, computed in batches.
 
-Every call builds the CAM object in a ``with`` block, so its forward/backward hooks
-are removed afterwards even on error, and holds the predictor's lock because the
-model is shared between sessions. CAMs run in fp32 with gradients enabled, i.e.
-outside ``inference_mode``.
+Two engines give the same maps (bench checks the largest difference):
+
+* ``native`` (default for :class:`core.model.Classifier`, whose CAM layer is the last
+  backbone block): one forward pass through the backbone without gradients, then only
+  the tiny pool -> head graph is differentiated (``torch.autograd.grad`` with respect
+  to the CAM activations). No hooks, no parameter gradients, the whole batch at once on
+  the predictor's device; the maths of GradCAM, GradCAM++, LayerCAM and EigenCAM is
+  that of the ``grad-cam`` package (same normalisation and 10 -> S px upsampling).
+  Nothing on the shared model is touched, so concurrent predictions are unaffected.
+* ``library``: the ``grad-cam`` package itself. Every call builds the CAM object in a
+  ``with`` block, so its forward/backward hooks are removed afterwards even on error.
+  The hooks go on a private copy of the predictor's model (made once per predictor),
+  never on the model that serves predictions: a forward hook fires for *every* forward
+  through the module, so a prediction running in another session's thread while a CAM
+  was being computed used to slip its activations into that CAM (wrong heatmaps).
+
+Both hold the predictor's lock and run with gradients enabled, i.e. outside
+``inference_mode``; the CAM forward is fp32 (on CUDA the backbone may run under the
+predictor's autocast dtype; the differentiated head is always fp32).
 """
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from core.predictor import Predictor
 from core.preprocess import Preprocessed, map_to_original
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
 CLASS_AGNOSTIC = frozenset({"eigencam"})  # first principal component: ignores the target class
+CAM_ENGINES = ("auto", "native", "library")
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
              "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
+
+
+# predictor -> (the model it serves, the private copy CAMs hook into)
+_CAM_MODELS: "weakref.WeakKeyDictionary[Predictor, tuple[torch.nn.Module, torch.nn.Module]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _cam_model(predictor: Predictor) -> torch.nn.Module:
+    """The predictor's private CAM copy of its model; call with ``predictor.lock`` held."""
+    source, model = _CAM_MODELS.get(predictor, (None, None))
+    if model is None or source is not predictor.model:  # rebuilt if the predictor swaps its model
+        model = copy.deepcopy(predictor.model).eval()
+        _CAM_MODELS[predictor] = (predictor.model, model)
+    return model
 
 
 @dataclass
@@ -36,31 +70,121 @@ class CamResult:
     target: str
 
 
+def native_supported(model: torch.nn.Module) -> bool:
+    """The native engine needs backbone -> (CAM layer = last backbone block) -> pool -> head."""
+    backbone = getattr(model, "backbone", None)
+    return (isinstance(backbone, torch.nn.Sequential) and len(backbone) > 0
+            and getattr(model, "cam_layer", None) is backbone[-1]
+            and all(hasattr(model, a) for a in ("pool", "head")))
+
+
+def _minmax(cam: torch.Tensor) -> torch.Tensor:
+    """grad-cam's ``scale_cam_image`` normalisation, per image of an (N, H, W) batch."""
+    flat = cam.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    cam = cam - lo
+    hi = cam.flatten(1).max(dim=1).values[:, None, None]
+    return cam / (1e-7 + hi)
+
+
+def _native_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None,
+                 method: str) -> tuple[np.ndarray, list[int]]:
+    """(N, S, S) float32 maps in [0, 1] at model resolution, and the target used per image."""
+    model = predictor.model
+    size = batch.shape[-2:]
+    amp = predictor.amp_dtype if predictor.device.type == "cuda" else None
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(
+            predictor.device.type, dtype=amp, enabled=amp is not None):
+        acts = model.backbone(batch)
+    acts = acts.float().detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():
+        logits = model.head(torch.flatten(model.pool(acts), 1))
+        if targets is None:
+            targets = logits.argmax(1).tolist()
+        grads = None
+        if method not in CLASS_AGNOSTIC:
+            idx = torch.as_tensor([int(t) for t in targets], device=logits.device)
+            score = logits.gather(1, idx[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, acts)
+    a = acts.detach()
+    if method == "gradcam":
+        cam = (grads.mean(dim=(2, 3))[:, :, None, None] * a).sum(1)
+    elif method == "gradcam++":
+        g2 = grads ** 2
+        g3 = g2 * grads
+        aij = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3 + 1e-6)
+        aij = torch.where(grads != 0, aij, torch.zeros_like(aij))
+        cam = ((grads.clamp(min=0) * aij).sum(dim=(2, 3))[:, :, None, None] * a).sum(1)
+    elif method == "layercam":
+        cam = (grads.clamp(min=0) * a).sum(1)
+    else:  # eigencam: the library's own SVD on the CPU, so the sign convention is identical
+        cam = torch.from_numpy(get_2d_projection(a.cpu().numpy())).to(a.device)
+    cam = _minmax(cam.clamp(min=0))
+    cam = F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    cam = _minmax(cam.clamp(min=0))  # grad-cam's aggregate step over the (single) layer
+    return cam.float().cpu().numpy(), [int(t) for t in targets]
+
+
+def _library_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None,
+                  method: str) -> tuple[np.ndarray, list[int]]:
+    maps = None
+    model = _cam_model(predictor)
+    with torch.inference_mode(False), torch.enable_grad():
+        if targets is None:
+            with torch.no_grad():
+                targets = model(batch).argmax(1).tolist()
+        with CAM_METHODS[method](model=model, target_layers=[model.cam_layer]) as cam:
+            maps = cam(input_tensor=batch.clone(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    model.zero_grad(set_to_none=True)  # drop parameter grads left by backward
+    if maps is None:  # grad-cam's __exit__ swallows IndexError (prints it) and leaves nothing
+        raise RuntimeError(f"{method} failed to compute a heatmap (see the message printed above)")
+    return maps, [int(t) for t in targets]
+
+
+def cam_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None, method: str = "gradcam",
+             engine: str = "auto") -> tuple[np.ndarray, list[int]]:
+    """Heatmaps at model resolution for a standardised batch already on the device.
+
+    Returns float32 (N, S, S) maps in [0, 1] and the target class index used per image.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
+    if engine not in CAM_ENGINES:
+        raise ValueError(f"engine must be one of {CAM_ENGINES}")
+    if engine == "auto":
+        engine = "native" if native_supported(predictor.model) else "library"
+    with predictor.lock:
+        if engine == "native":
+            return _native_maps(predictor, batch, targets, method)
+        return _library_maps(predictor, batch, targets, method)
+
+
 def compute_cams(predictor: Predictor, items: list[Preprocessed], targets: list[int] | None,
-                 method: str = "gradcam") -> list[CamResult]:
-    """Heatmaps for a batch, one target class index per image (None: the predicted class)."""
+                 method: str = "gradcam", engine: str = "auto") -> list[CamResult]:
+    """Heatmaps for a batch, one target class index per image (None: the predicted class).
+
+    The whole list is one forward pass; callers with thousands of images pass chunks
+    (``core.batch`` passes its chunk, ``core.pipeline`` its batch).
+    """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
     if not items:
         return []
-    batch = torch.stack([it.tensor(predictor.spec) for it in items]).to(predictor.device)
-    model = predictor.model
-    with predictor.lock:
-        with torch.inference_mode(False), torch.enable_grad():
-            if targets is None:
-                with torch.no_grad():
-                    targets = model(batch).argmax(1).tolist()
-            with CAM_METHODS[method](model=model, target_layers=[model.cam_layer]) as cam:
-                maps = cam(input_tensor=batch.clone(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
-        model.zero_grad(set_to_none=True)  # drop parameter grads left by backward
-    out = []
-    for item, m, t in zip(items, maps, targets):
-        full = map_to_original(np.nan_to_num(m), item)
-        h, w = full.shape
-        y, x = np.unravel_index(int(full.argmax()), full.shape)
-        out.append(CamResult(np.clip(full, 0, 1), ((x + 0.5) / w, (y + 0.5) / h), method,
-                             predictor.class_names[int(t)]))
-    return out
+    return cam_results(predictor, items, predictor.batch_tensor(items), targets, method, engine)
+
+
+def cam_results(predictor: Predictor, items: list[Preprocessed], batch: torch.Tensor, targets: list[int] | None,
+                method: str = "gradcam", engine: str = "auto") -> list[CamResult]:
+    """:func:`compute_cams` for callers that already hold the items' standardised batch."""
+    maps, targets = cam_maps(predictor, predictor.to_device(batch), targets, method, engine)
+    return [_result(item, m, t, method, predictor.class_names) for item, m, t in zip(items, maps, targets)]
+
+
+def _result(item: Preprocessed, m: np.ndarray, t: int, method: str, class_names: list[str]) -> CamResult:
+    full = map_to_original(np.nan_to_num(m), item)
+    h, w = full.shape
+    y, x = np.unravel_index(int(full.argmax()), full.shape)
+    return CamResult(np.clip(full, 0, 1), ((x + 0.5) / w, (y + 0.5) / h), method, class_names[int(t)])
 
 
 def overlay(item: Preprocessed, heatmap: np.ndarray, opacity: float = 0.45, colormap: str = "jet") -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save_file
 
 from core.errors import CheckpointError
 from core.model import Classifier, build_model
@@ -114,15 +114,21 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
         raise CheckpointError(f"model card {folder / CARD_FILE} is missing field {exc}") from None
     if not wfile.is_file():
         raise CheckpointError(f"weights file not found: {wfile}")
-    actual = sha256_file(wfile)
+    # Read once, then hash and parse the same bytes: the file cannot be swapped in between.
+    try:
+        raw = wfile.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"weights file {wfile.name} cannot be read ({exc.strerror or exc})") from None
+    actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise CheckpointError(
             f"weights file {wfile.name} failed its integrity check: SHA-256 is {actual[:12]}…, "
             f"the model card expects {expected[:12]}…. The file was modified or truncated; refusing to load it.")
     try:
-        tensors = load_file(str(wfile))
+        tensors = load_safetensors(raw)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"weights file {wfile.name} cannot be read as safetensors ({exc})") from None
+    del raw
     ood = None
     if _OOD_PREFIX + "means" in tensors:
         ood = MahalanobisOOD(tensors.pop(_OOD_PREFIX + "means"), tensors.pop(_OOD_PREFIX + "precision"),

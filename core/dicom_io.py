@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from core.errors import ImageLoadError
-from core.image_io import DecodedImage, DecodeLimits, array_to_grey, to_unit_range
+from core.image_io import DecodedImage, DecodeLimits, _mpx, array_to_grey, to_unit_range
 
 # Shown in the UI and written to results: acquisition facts, nothing that identifies a person.
 SAFE_TAGS = (
@@ -56,8 +56,8 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
         raise ImageLoadError(f"{name}: DICOM file has no pixel data (e.g. a report or structured document)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > limits.max_pixels:
-        raise ImageLoadError(f"{name}: DICOM header says {cols}x{rows} px, over the "
-                             f"{limits.max_pixels / 1e6:.0f} Mpx limit")
+        raise ImageLoadError(f"{name}: DICOM header says {cols}x{rows} px ({_mpx(rows * cols)}), over the "
+                             f"{_mpx(limits.max_pixels)} limit; refused before decoding")
     if rows and cols and min(rows, cols) < limits.min_side:
         raise ImageLoadError(f"{name}: DICOM image is only {cols}x{rows} px; at least "
                              f"{limits.min_side} px per side is needed")
@@ -69,8 +69,13 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
     except (NotImplementedError, RuntimeError) as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", str(ts))
-        raise ImageLoadError(f"{name}: compressed DICOM ({ts_name}) needs a codec that is not installed "
-                             f"(e.g. pylibjpeg or gdcm): {exc}") from None
+        msg = " ".join(str(exc).split())  # pydicom's text spans lines; keep one
+        if "missing dependencies" in msg or "no pixel data decoders" in msg.lower() or isinstance(exc, NotImplementedError):
+            raise ImageLoadError(f"{name}: compressed DICOM ({ts_name}) needs a codec that is not installed "
+                                 f"(e.g. pylibjpeg or gdcm): {msg}") from None
+        # A decoder exists but failed: the compressed data is damaged, not the installation.
+        raise ImageLoadError(f"{name}: compressed DICOM ({ts_name}) pixel data is corrupt; the installed "
+                             f"codec could not decode it: {msg}") from None
     except (AttributeError, ValueError, TypeError, KeyError, EOFError) as exc:
         raise ImageLoadError(f"{name}: DICOM pixel data is missing or corrupt ({exc})") from None
 
@@ -82,8 +87,8 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
         warns.append(f"multi-frame DICOM: used the middle frame ({mid + 1} of {n_frames})")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples == 1:
-        arr = apply_modality_lut(arr, ds)
-        arr = np.asarray(arr, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf is handled just below
+            arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
         bad = ~np.isfinite(arr)
         if bad.all():
             raise ImageLoadError(f"{name}: DICOM pixel values are all NaN/inf after rescale")

@@ -20,8 +20,13 @@ def resolve_within(path: str | os.PathLike, allowed_roots: list[str | os.PathLik
     roots = [Path(r).resolve() for r in allowed_roots]
     if not roots:
         raise PathNotAllowedError("no folders are configured as allowed roots")
+    if "\x00" in str(path):  # os calls reject NUL with a bare ValueError
+        raise PathNotAllowedError(f"{str(path)!r} is not a valid folder path (it contains a NUL character)")
     raw = Path(os.path.expanduser(str(path)))
-    candidate = (raw if raw.is_absolute() else roots[0] / raw).resolve()
+    try:
+        candidate = (raw if raw.is_absolute() else roots[0] / raw).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+        raise PathNotAllowedError(f"{path} cannot be resolved ({exc})") from None
     for root in roots:
         if candidate == root or root in candidate.parents:
             return candidate
@@ -52,7 +57,7 @@ def iter_image_files(root: str | os.PathLike, extensions: frozenset[str] = IMAGE
             note(folder, f"folder cannot be read ({exc.strerror})")
             return
         if (st.st_dev, st.st_ino) in seen:
-            note(folder, "symlink loop: folder already visited")
+            note(folder, "folder already visited (symlink loop or a second link to it); skipped")
             return
         seen.add((st.st_dev, st.st_ino))
         try:

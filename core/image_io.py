@@ -59,6 +59,12 @@ class DecodedImage:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
+def _mb(n: float) -> str:
+    """Bytes as MB for messages; MB = 2**20 bytes, as Streamlit's ``server.maxUploadSize`` counts."""
+    mb = n / 2**20
+    return f"{mb:.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
+
+
 def read_source_bytes(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, str]:
     """Raw bytes and a display name of a path or bytes input; ImageLoadError if unreadable."""
     if isinstance(source, (bytes, bytearray)):
@@ -71,8 +77,7 @@ def read_source_bytes(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS
                 raise ImageLoadError(f"{name}: file not found or not a regular file")
             size = path.stat().st_size
             if size > limits.max_bytes:
-                raise ImageLoadError(
-                    f"{name}: file is {size / 1e6:.0f} MB, over the {limits.max_bytes / 1e6:.0f} MB limit")
+                raise ImageLoadError(f"{name}: file is {_mb(size)}, over the {_mb(limits.max_bytes)} size limit")
             data = path.read_bytes()
         except PermissionError:
             raise ImageLoadError(f"{name}: permission denied; the file cannot be read") from None
@@ -85,7 +90,7 @@ def read_source_bytes(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS
     if len(data) == 0:
         raise ImageLoadError(f"{name}: file is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageLoadError(f"{name}: {len(data) / 1e6:.0f} MB is over the {limits.max_bytes / 1e6:.0f} MB limit")
+        raise ImageLoadError(f"{name}: file is {_mb(len(data))}, over the {_mb(limits.max_bytes)} size limit")
     return data, name
 
 
@@ -94,7 +99,17 @@ def looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _describe_non_image(data: bytes) -> str:
+# Signatures of the raster formats PIL decodes for us (content decides, not the extension).
+_IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+                b"BM": "BMP", b"GIF8": "GIF"}
+
+
+def _image_magic(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _IMAGE_MAGIC.items() if data.startswith(magic)), None)
+
+
+def _describe_document(data: bytes) -> str | None:
+    """What a clearly non-image file is (PDF, archive, text), or None."""
     head = data[:8]
     if head.startswith(b"%PDF"):
         return "is a PDF document, not an image"
@@ -103,7 +118,20 @@ def _describe_non_image(data: bytes) -> str:
     sample = data[:512]
     if sample and all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
         return "is a text file, not an image"
-    return "is not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)"
+    return None
+
+
+def _describe_non_image(data: bytes) -> str:
+    fmt = _image_magic(data)
+    if fmt is not None:  # the signature is there but PIL could not even read the header
+        return f"is a truncated or corrupt {fmt} file (header incomplete, {len(data)} bytes)"
+    return _describe_document(data) or "is not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)"
+
+
+def _mpx(n: float) -> str:
+    """Pixels as megapixels for messages: "2,500 Mpx", "40 Mpx", "0.01 Mpx"."""
+    v = n / 1e6
+    return f"{v:,.0f} Mpx" if v >= 100 else f"{v:.3g} Mpx"
 
 
 def to_unit_range(arr: np.ndarray) -> np.ndarray:
@@ -180,15 +208,18 @@ def _decode_pil(data: bytes, name: str, limits: DecodeLimits) -> DecodedImage:
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name} {_describe_non_image(data)}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt headers
+        if "truncated" in str(exc).lower():
+            raise ImageLoadError(f"{name}: image file is truncated ({exc})") from None
         raise ImageLoadError(f"{name}: corrupt image header ({exc})") from None
     w, h = im.size
     if w * h > limits.max_pixels:
         raise ImageLoadError(
-            f"{name}: header says {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the "
-            f"{limits.max_pixels / 1e6:.0f} Mpx limit; refused before decoding (possible decompression bomb)")
+            f"{name}: header says {w}x{h} px ({_mpx(w * h)}), over the "
+            f"{_mpx(limits.max_pixels)} limit; refused before decoding (possible decompression bomb)")
     if min(w, h) < limits.min_side:
         raise ImageLoadError(f"{name}: image is only {w}x{h} px; at least {limits.min_side} px per side is needed")
     warns: list[str] = []
+    fmt = im.format or "image"  # exif_transpose returns a copy without .format
     n_frames = getattr(im, "n_frames", 1)
     try:
         if n_frames > 1:
@@ -203,11 +234,11 @@ def _decode_pil(data: bytes, name: str, limits: DecodeLimits) -> DecodedImage:
     except OSError as exc:
         msg = str(exc)
         if "truncated" in msg or "broken data stream" in msg or "unrecognized data stream" in msg:
-            raise ImageLoadError(f"{name}: {im.format or 'image'} file is truncated or corrupt ({msg})") from None
-        raise ImageLoadError(f"{name}: cannot decode {im.format or 'image'} data ({msg})") from None
+            raise ImageLoadError(f"{name}: {fmt} file is truncated or corrupt ({msg})") from None
+        raise ImageLoadError(f"{name}: cannot decode {fmt} data ({msg})") from None
     except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageLoadError(f"{name}: cannot decode {im.format or 'image'} data ({exc})") from None
-    out = array_to_grey(arr, fmt=im.format or "image", mode=im.mode)
+        raise ImageLoadError(f"{name}: cannot decode {fmt} data ({exc})") from None
+    out = array_to_grey(arr, fmt=fmt, mode=im.mode)
     out.warnings.extend(warns)
     return out
 
@@ -230,7 +261,7 @@ def decode_image(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS,
             raise ImageLoadError(f"array of shape {source.shape} is too small; "
                                  f"at least {limits.min_side} px per side is needed")
         if h * w > limits.max_pixels:
-            raise ImageLoadError(f"array of {w}x{h} px is over the {limits.max_pixels / 1e6:.0f} Mpx limit")
+            raise ImageLoadError(f"array of {w}x{h} px is over the {_mpx(limits.max_pixels)} limit")
         return array_to_grey(source)
     data, name = read_source_bytes(source, limits)
     return decode_bytes(data, name, limits, include_identifying_tags)
@@ -241,7 +272,13 @@ def decode_bytes(data: bytes, name: str = "upload", limits: DecodeLimits = DEFAU
     """Decode file bytes; ``name`` is used in messages and as a DICOM hint (``.dcm``)."""
     if not data:
         raise ImageLoadError(f"{name}: file is empty (0 bytes)")
-    if looks_like_dicom(data) or name.lower().endswith(".dcm"):
+    if len(data) > limits.max_bytes:
+        raise ImageLoadError(f"{name}: file is {_mb(len(data))}, over the {_mb(limits.max_bytes)} size limit")
+    # A ".dcm" name only matters for DICOM without the Part 10 preamble; a PNG/JPEG named
+    # ".dcm" is still decoded as what it is.
+    if looks_like_dicom(data) or (name.lower().endswith(".dcm") and _image_magic(data) is None):
+        if not looks_like_dicom(data) and (what := _describe_document(data)):
+            raise ImageLoadError(f"{name} {what}")
         from core.dicom_io import decode_dicom  # pydicom is only imported when needed
 
         return decode_dicom(data, name, limits, include_identifying_tags)

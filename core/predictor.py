@@ -8,19 +8,25 @@ under ``inference_mode`` and mutates nothing; Grad-CAM (hooks + backward) must h
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.checkpoint import ModelBundle
+from core.checkpoint import DEFAULT_MODEL_DIR, ModelBundle
 from core.device import autocast_dtype
 from core.ood import image_gate
-from core.preprocess import Preprocessed, preprocess
+from core.preprocess import Preprocessed, preprocess, to_model_tensor
+from core.quantize import CALIBRATION_FILE, FeaturesAndLogits, int8_supported, load_calibration, quantize
 
-# CPU fast path: measured by bench (see README "Benchmarks"); "channels_last" helps
-# this network's 3x3 convolutions on x86 CPUs with oneDNN.
-PRECISIONS = ("auto", "fp32", "amp")
+# What ``precision`` may be. "auto" resolves per device: cuda/mps -> mixed precision
+# (bf16 where supported, else fp16); cpu -> int8 when an int8 calibration for these
+# exact weights exists (``core.quantize``), else fp32. Measured by ``python -m bench``
+# (README "Benchmarks"): on the 2-core AVX-512 CPU int8 is ~4x fp32 per forward and
+# keeps Testing accuracy within 0.2 points.
+PRECISIONS = ("auto", "fp32", "amp", "bf16", "fp16", "int8")
 
 
 @dataclass
@@ -47,11 +53,22 @@ class Predictor:
     Args:
         bundle: loaded model and card.
         device: where to run; passed in, never guessed here.
-        precision: "auto" (mixed precision on GPU, fp32 on CPU), "fp32" or "amp".
-        batch_size: images per forward pass in :meth:`predict_many`.
+        precision: "auto" (see :data:`PRECISIONS`: mixed precision on GPU, int8 on CPU
+            when calibrated for these weights, else fp32), or an override: "fp32",
+            "amp" (the device's autocast dtype; fp32 on CPU), "bf16", "fp16" or "int8"
+            (CPU only; needs ``int8_calibration``).
+        batch_size: images per forward pass for callers that chunk (``core.pipeline``, the dashboard).
+        compile: wrap the inference module in ``torch.compile`` (off by default: on the
+            CPU it was slower and costs ~30 s of compilation; bench reports it on GPU).
+        int8_calibration: path of an ``int8_calibration.safetensors``; default: the one
+            beside the shipped weights, used only if it was made for these weights.
+
+    ``model`` stays the fp32 eager network (Grad-CAM differentiates it); predictions
+    run through :attr:`infer`, which maps a standardised batch to (logits, features).
     """
 
-    def __init__(self, bundle: ModelBundle, device: torch.device, precision: str = "auto", batch_size: int = 32):
+    def __init__(self, bundle: ModelBundle, device: torch.device, precision: str = "auto", batch_size: int = 32,
+                 *, compile: bool = False, int8_calibration: str | Path | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         self.bundle = bundle
@@ -60,30 +77,103 @@ class Predictor:
         self.class_names = bundle.class_names
         self.temperature = bundle.temperature
         self.batch_size = batch_size
-        self.amp_dtype = autocast_dtype(device) if precision in ("auto", "amp") else None
-        self.model = bundle.model.to(device).eval()
-        if device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.requested_precision = precision
+        self.lock = threading.Lock()  # guards Grad-CAM on the shared model
+        # NHWC suits oneDNN on x86 CPUs and tensor cores on CUDA; MPS keeps NCHW.
+        self.memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        self.model = bundle.model.to(device).eval().to(memory_format=self.memory_format)
         self.ood = bundle.ood.to(device) if bundle.ood is not None else None
-        self.lock = threading.Lock()  # guards Grad-CAM: hooks and backward on the shared model
+
+        calibration = None
+        if precision in ("auto", "int8") and device.type == "cpu" and int8_supported():
+            calibration = self._find_int8_calibration(int8_calibration)
+        if precision == "auto":
+            precision = "amp" if device.type in ("cuda", "mps") else ("int8" if calibration is not None else "fp32")
+        if precision == "int8":
+            if device.type != "cpu":
+                raise ValueError("precision 'int8' runs on the CPU only; use 'auto', 'amp' or 'fp32' on a GPU")
+            if calibration is None:
+                raise ValueError("precision 'int8' needs an int8 calibration for these weights; create one with "
+                                 "`python -m core.quantize calibrate --weights DIR --data TRAINING_DIR`")
+        self.amp_dtype = {"amp": autocast_dtype(device), "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if precision == "int8":
+            self.precision = "int8"
+            self.infer = quantize(self.model, calibration, self.spec.image_size, self.spec.channels)
+        else:
+            self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+            self.infer = FeaturesAndLogits(self.model).eval()
+        self.compiled = bool(compile)
+        if compile:
+            self.infer = torch.compile(self.infer)
+
+    def _find_int8_calibration(self, explicit: str | Path | None):
+        candidates = [Path(explicit)] if explicit else [
+            Path(folder) / CALIBRATION_FILE for folder in (getattr(self.bundle, "folder", None), DEFAULT_MODEL_DIR)
+            if folder is not None]
+        for path in candidates:
+            state = load_calibration(path, self.bundle.sha256)
+            if state is not None:
+                self.int8_calibration_path = str(path)
+                return state
+        return None
+
+    def warmup(self, cam_method: str | None = "gradcam") -> float:
+        """One dummy batch-1 prediction (and CAM) so the first real scan does not pay the
+        one-time kernel setup (oneDNN primitives, int8 weight packing, CUDA context).
+
+        For servers: call once after loading. Returns the seconds it took.
+        """
+        t0 = time.perf_counter()
+        s, c = self.spec.image_size, self.spec.channels
+        x = self.to_device(torch.zeros(1, c, s, s))
+        self.logits_and_scores(x)
+        if cam_method:
+            from core.cam import cam_maps  # core.cam imports this module
+
+            cam_maps(self, x, [0], cam_method)
+        return time.perf_counter() - t0
+
+    def describe(self) -> dict:
+        """What runs where: for logs, the dashboard and the benchmark."""
+        return {"device": str(self.device), "precision": self.precision, "requested": self.requested_precision,
+                "compiled": self.compiled, "memory_format": str(self.memory_format).replace("torch.", ""),
+                "int8_calibration": getattr(self, "int8_calibration_path", None)}
+
+    def _on_device(self, t: torch.Tensor) -> bool:
+        return t.device.type == self.device.type and (self.device.index is None or t.device.index == self.device.index)
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        if self._on_device(t):
+            return t
+        if self.device.type == "cuda":  # asynchronous copy from pinned memory
+            return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A standardised (N, C, S, S) batch moved to the device in the model's memory format.
+
+        On CUDA the copy is asynchronous from pinned memory (already pinned batches,
+        e.g. from :mod:`core.pipeline`, are not copied twice).
+        """
+        return self._move(batch).contiguous(memory_format=self.memory_format)
+
+    def standardise(self, images01: torch.Tensor) -> torch.Tensor:
+        """(N, S, S) images in [0, 1] (CPU, possibly pinned) -> standardised model input on the device.
+
+        The standardisation runs on the device after the copy (on a GPU, not on the CPU).
+        """
+        return to_model_tensor(self._move(images01), self.spec).contiguous(memory_format=self.memory_format)
 
     def batch_tensor(self, items: list[Preprocessed]) -> torch.Tensor:
         """Stack preprocessed images into a standardised float32 (N, C, S, S) tensor on the device."""
-        batch = torch.stack([it.tensor(self.spec) for it in items])
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        if self.device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return self.to_device(to_model_tensor(np.stack([it.image for it in items]), self.spec))
 
     def logits_and_scores(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits float (N, K) and OOD scores float (N,) for a standardised batch."""
+        batch = self.to_device(batch)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                      enabled=self.amp_dtype is not None):
-            feats = self.model.forward_features(batch)
-            logits = self.model.head(feats)
+            logits, feats = self.infer(batch)
             scores = self.ood.score(feats) if self.ood is not None else torch.zeros(len(batch))
         return logits.float().cpu().numpy(), scores.float().cpu().numpy()
 
@@ -92,11 +182,15 @@ class Predictor:
         z = torch.as_tensor(logits, dtype=torch.float64) / self.temperature
         return torch.softmax(z, dim=1).numpy()
 
-    def predict_preprocessed(self, items: list[Preprocessed]) -> list[Prediction]:
-        """Predict a list of preprocessed images in one forward pass."""
+    def predict_preprocessed(self, items: list[Preprocessed], batch: torch.Tensor | None = None) -> list[Prediction]:
+        """Predict a list of preprocessed images in one forward pass.
+
+        ``batch``: their standardised (N, C, S, S) tensor when the caller already has it
+        (``core.pipeline`` stacks it in its workers); built from ``items`` otherwise.
+        """
         if not items:
             return []
-        logits, scores = self.logits_and_scores(self.batch_tensor(items))
+        logits, scores = self.logits_and_scores(self.batch_tensor(items) if batch is None else batch)
         probs = self.calibrated(logits)
         out = []
         threshold = self.ood.threshold if self.ood is not None else float("inf")

@@ -1,10 +1,11 @@
 """The one preprocessing definition shared by training, evaluation and serving.
 
 Pipeline (parameters in :class:`PreprocessSpec`, stored in every checkpoint's card):
-  1. robust intensity scaling: min .. ``intensity_percentile`` -> [0, 1], so 8-bit,
-     16-bit, DICOM and differently exposed scans land on one scale;
-  2. crop to the head: Otsu threshold + largest contour, with a margin; falls back to
+  1. crop to the head: Otsu threshold + largest contour, with a margin; falls back to
      the whole image when no plausible head is found;
+  2. robust intensity scaling measured inside the head: min .. ``intensity_percentile``
+     -> [0, 1], so 8-bit, 16-bit, DICOM, differently exposed and differently framed
+     scans land on one scale;
   3. pad to a square with black (keeps the aspect ratio), resize to ``image_size``;
   4. standardise with ``mean``/``std`` measured on the training set.
 
@@ -33,7 +34,7 @@ class PreprocessSpec:
     min_head_fraction: float = 0.08  # smaller "heads" are treated as a failed crop
     mean: float = 0.0
     std: float = 1.0
-    version: int = 1
+    version: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,15 +115,12 @@ def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preproces
     scale = min(1.0, 256.0 / max(h, w))
     small = cv2.resize(pix, (max(1, round(w * scale)), max(1, round(h * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1 else pix
+    # A first window over the whole image only serves the head search (Otsu is scale-free);
+    # the final window is measured inside the head crop, so the amount of black border
+    # around the head (framing) does not change the contrast the model sees.
     lo, hi = _intensity_window(small, spec.intensity_percentile)
     blank = (hi - lo) < 1e-3
-    if blank:
-        norm = np.zeros_like(pix)
-        box = None
-    else:
-        norm = np.clip((pix - lo) / (hi - lo), 0.0, 1.0)
-        small_norm = np.clip((small - lo) / (hi - lo), 0.0, 1.0)
-        box = find_head_box(small_norm, spec.min_head_fraction)
+    box = None if blank else find_head_box(np.clip((small - lo) / (hi - lo), 0.0, 1.0), spec.min_head_fraction)
     if box is None:
         x0, y0, x1, y1 = 0, 0, w, h
     else:
@@ -130,6 +128,10 @@ def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preproces
         m = int(round(spec.crop_margin * max(bx1 - bx0, by1 - by0)))
         x0, y0 = max(0, bx0 - m), max(0, by0 - m)
         x1, y1 = min(w, bx1 + m), min(h, by1 + m)
+        sx0, sy0, sx1, sy1 = box
+        lo, hi = _intensity_window(small[sy0:sy1, sx0:sx1], spec.intensity_percentile)
+        blank = (hi - lo) < 1e-3
+    norm = np.zeros_like(pix) if blank else np.clip((pix - lo) / (hi - lo), 0.0, 1.0)
     crop = norm[y0:y1, x0:x1]
     ch, cw = crop.shape
     side = max(ch, cw)

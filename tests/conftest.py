@@ -16,6 +16,15 @@ DATA_ROOT = Path(os.environ.get("MRI_DATA_ROOT", REPO.parent / "shared" / "data"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_app_data(tmp_path_factory):
+    """Audit trails and app data written by tests go to a temp folder, never the repo's data/."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MRI_APP_DATA", str(tmp_path_factory.mktemp("appdata")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tmp_path_factory) -> Path:
     """A model folder produced by ``train.py --dry-run`` (seconds on CPU)."""

@@ -1,0 +1,28 @@
+# One command each: `make run` starts the dashboard, `make test` runs the whole test suite.
+# Both create the virtual environment from requirements.txt on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test train bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed  ## dashboard on http://localhost:8501 (bound to localhost; see .streamlit/config.toml)
+	$(PY) -m streamlit run streamlit_app.py
+
+test: $(VENV)/.installed  ## full pytest suite, browser end-to-end test included
+	$(PY) -m pytest
+
+train: $(VENV)/.installed  ## retrain the shipped model (CPU: about an hour)
+	$(PY) train.py --data-root ../shared/data/brain-tumor-mri --out weights --epochs 30 --seed 42
+
+bench: $(VENV)/.installed  ## speed benchmark; writes bench/results/*.json
+	$(PY) -m bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,137 @@
+"""Settings of the Streamlit dashboard (not of the model).
+
+Sources, later ones win:
+  1. built-in defaults (below);
+  2. a TOML file: ``$MRI_APP_CONFIG``, else ``mri_app.toml`` in the repository root if present;
+  3. environment variables.
+
+=====================  ==========================  ===========================================
+setting                TOML key                    environment variable
+=====================  ==========================  ===========================================
+model folder           ``weights_dir``             ``MRI_WEIGHTS_DIR`` (default: ``weights/``)
+browsable folders      ``allowed_roots`` (list)    ``MRI_ALLOWED_ROOTS`` (``os.pathsep``-joined;
+                                                   default: the current directory)
+app data (audit DB)    ``data_dir``                ``MRI_APP_DATA`` (default: ``data/``)
+compute device         ``device``                  ``MRI_DEVICE`` (auto, cpu, cuda, mps)
+labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassified gallery)
+uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
+gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
+=====================  ==========================  ===========================================
+
+The upload size limit is Streamlit's own ``server.maxUploadSize`` in
+``.streamlit/config.toml``; the app reads it from there and tells the user.
+This module does not import streamlit.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+REPO = Path(__file__).resolve().parent
+CONFIG_FILE = REPO / "mri_app.toml"
+AUDIT_DB_NAME = "audit.sqlite3"
+
+
+class ConfigError(ValueError):
+    """The app configuration is invalid. ``str(err)`` is user-facing."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    weights_dir: Path = REPO / "weights"
+    allowed_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
+    data_dir: Path = REPO / "data"
+    device: str = "auto"
+    dataset_root: Path | None = None
+    uncertain_below: float = 0.6
+    gallery_page_size: int = 24
+    source: str = "defaults"  # where the settings came from, for display
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / AUDIT_DB_NAME
+
+    def dataset_candidates(self, metrics: Mapping | None = None, card: Mapping | None = None) -> list[Path]:
+        """Where the labelled dataset (with a ``Testing`` folder) may be, most specific first."""
+        out: list[Path] = []
+        if self.dataset_root is not None:
+            out.append(self.dataset_root)
+        if metrics and metrics.get("dataset_root"):
+            out.append(Path(str(metrics["dataset_root"])))
+        training = (card or {}).get("training", {}) if card else {}
+        if isinstance(training, Mapping) and training.get("data_root"):
+            root = Path(str(training["data_root"]))
+            out.append(root if root.is_absolute() else REPO / root)
+        out.append(REPO.parent / "shared" / "data" / "brain-tumor-mri")
+        seen, unique = set(), []
+        for p in out:
+            if str(p) not in seen:
+                seen.add(str(p))
+                unique.append(p)
+        return unique
+
+
+def _paths(value, base: Path) -> tuple[Path, ...]:
+    items = value.split(os.pathsep) if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if item:
+            p = Path(os.path.expanduser(item))
+            out.append(p if p.is_absolute() else (base / p))
+    return tuple(out)
+
+
+def load_config(env: Mapping[str, str] | None = None, config_file: str | os.PathLike | None = None) -> AppConfig:
+    """Build the :class:`AppConfig` from defaults, the TOML file and the environment."""
+    env = os.environ if env is None else env
+    values: dict = {}
+    sources = ["defaults"]
+    path = Path(config_file) if config_file else Path(env.get("MRI_APP_CONFIG", CONFIG_FILE))
+    if path.is_file():
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"app config {path} cannot be read: {exc}") from None
+        sources.append(str(path))
+    elif env.get("MRI_APP_CONFIG"):
+        raise ConfigError(f"app config {path} (from MRI_APP_CONFIG) does not exist")
+    env_map = {"MRI_WEIGHTS_DIR": "weights_dir", "MRI_ALLOWED_ROOTS": "allowed_roots", "MRI_APP_DATA": "data_dir",
+               "MRI_DEVICE": "device", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
+               "MRI_GALLERY_PAGE_SIZE": "gallery_page_size"}
+    for var, key in env_map.items():
+        if env.get(var):
+            values[key] = env[var]
+            sources.append(var)
+    base = path.parent if path.is_file() else Path.cwd()
+    kwargs: dict = {"source": ", ".join(sources)}
+    try:
+        if "weights_dir" in values:
+            kwargs["weights_dir"] = _paths([values["weights_dir"]], base)[0]
+        if "allowed_roots" in values:
+            roots = _paths(values["allowed_roots"], base)
+            if not roots:
+                raise ConfigError("allowed_roots is empty; give at least one folder")
+            kwargs["allowed_roots"] = roots
+        if "data_dir" in values:
+            kwargs["data_dir"] = _paths([values["data_dir"]], base)[0]
+        if "dataset_root" in values:
+            kwargs["dataset_root"] = _paths([values["dataset_root"]], base)[0]
+        if "device" in values:
+            kwargs["device"] = str(values["device"]).strip().lower() or "auto"
+        if "uncertain_below" in values:
+            kwargs["uncertain_below"] = float(values["uncertain_below"])
+            if not 0.0 <= kwargs["uncertain_below"] <= 1.0:
+                raise ConfigError("uncertain_below must be between 0 and 1")
+        if "gallery_page_size" in values:
+            kwargs["gallery_page_size"] = int(values["gallery_page_size"])
+            if not 1 <= kwargs["gallery_page_size"] <= 200:
+                raise ConfigError("gallery_page_size must be between 1 and 200")
+    except (TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid app setting: {exc}") from None
+    return AppConfig(**kwargs)

@@ -1,0 +1,5 @@
+"""Benchmark suite: ``python -m bench`` (full) or ``python -m bench --quick`` (smoke test).
+
+See :mod:`bench.run` for what is measured; results land in ``bench/results/`` and the
+README's "Benchmarks" section is generated into ``bench/README_section.md``.
+"""

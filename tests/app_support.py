@@ -1,0 +1,135 @@
+"""Helpers shared by the dashboard tests (AppTest and browser): synthetic folders and app env."""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "streamlit_app.py"
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+CORRUPT_NAME = "corrupt.jpg"
+# A JPEG header followed by garbage: decodes as "truncated or corrupt".
+CORRUPT_BYTES = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x13\x37" * 40
+
+
+@dataclass
+class AppEnv:
+    root: Path  # the only allowed root
+    data: Path  # app data (audit trail)
+    weights: Path
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data / "audit.sqlite3"
+
+    def env(self) -> dict[str, str]:
+        return {"MRI_WEIGHTS_DIR": str(self.weights), "MRI_ALLOWED_ROOTS": str(self.root),
+                "MRI_APP_DATA": str(self.data), "MRI_DEVICE": "cpu"}
+
+
+def make_app_env(tmp: Path, weights: Path, monkeypatch=None) -> AppEnv:
+    env = AppEnv(tmp / "allowed", tmp / "appdata", Path(weights))
+    env.root.mkdir(parents=True, exist_ok=True)
+    if monkeypatch is not None:
+        monkeypatch.delenv("MRI_APP_CONFIG", raising=False)
+        monkeypatch.delenv("MRI_DATA_ROOT", raising=False)
+        for k, v in env.env().items():
+            monkeypatch.setenv(k, v)
+    return env
+
+
+def scan_png(seed: int = 0, label: int = 1, size: int = 192) -> bytes:
+    from core.synthetic import fake_scan
+
+    buf = io.BytesIO()
+    Image.fromarray(fake_scan(np.random.default_rng(seed), size, label)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def photo_png(seed: int = 0) -> bytes:
+    """A colourful non-MRI picture (should be flagged out-of-distribution)."""
+    from core.synthetic import non_mri_image
+
+    buf = io.BytesIO()
+    Image.fromarray(non_mri_image("shapes", np.random.default_rng(seed))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_labelled_folder(root: Path, per_class: int = 2, corrupt: bool = True, size: int = 160) -> Path:
+    """ROOT/<class>/<n>.png synthetic slices, plus one corrupted JPEG under glioma/."""
+    from core.synthetic import fake_scan
+
+    rng = np.random.default_rng(7)
+    for k, c in enumerate(CLASSES):
+        d = root / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(fake_scan(rng, size, k)).save(d / f"{c}_{i}.png")
+    if corrupt:
+        (root / "glioma" / CORRUPT_NAME).write_bytes(CORRUPT_BYTES)
+    return root
+
+
+def dicom_bytes(with_patient: bool = True) -> bytes:
+    """A small MR DICOM slice with a window, acquisition tags and (fake) patient tags."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from core.synthetic import fake_scan
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("slice.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SeriesDescription = "T1 AX POST"
+    ds.SliceThickness = "5"
+    ds.PixelSpacing = ["0.5", "0.5"]
+    if with_patient:
+        ds.PatientName = "Doe^Jane"
+        ds.PatientID = "SECRET-ID-123"
+        ds.InstitutionName = "General Hospital"
+    img = fake_scan(np.random.default_rng(3), 128, 2).astype(np.uint16) * 16
+    ds.Rows, ds.Columns = img.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter, ds.WindowWidth = "2000", "4000"
+    ds.PixelData = img.tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def all_text(at) -> str:
+    """Every piece of text an AppTest run put on the page (markdown, captions, alerts, metrics, tables)."""
+    parts: list[str] = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "error", "warning", "info", "success",
+                 "code"):
+        parts.extend(str(getattr(e, "value", "")) for e in getattr(at, kind))
+    parts.extend(f"{m.label} {m.value}" for m in at.metric)
+    for img in at.image:
+        parts.extend(img.captions)
+    for df in at.dataframe:
+        try:
+            parts.append(df.value.to_csv())
+        except Exception:  # noqa: BLE001
+            pass
+    return "\n".join(parts)
+
+
+def set_env_for_subprocess(env: AppEnv) -> dict[str, str]:
+    out = dict(os.environ)
+    out.pop("MRI_APP_CONFIG", None)
+    out.update(env.env())
+    return out

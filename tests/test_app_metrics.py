@@ -1,0 +1,113 @@
+"""AppTest: the model metrics page."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_support import APP, CORRUPT_NAME, all_text, make_app_env, make_labelled_folder, scan_png
+
+TIMEOUT = 180
+PAGE = "pages/3_Model_metrics.py"
+
+
+@pytest.fixture
+def app_env(tiny_bundle_dir, tmp_path, monkeypatch):
+    return make_app_env(tmp_path, tiny_bundle_dir, monkeypatch)
+
+
+def metrics_page(tab: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.switch_page(PAGE).run()
+    if tab:
+        at.session_state["metrics_tab"] = tab
+        at.run()
+    assert not at.exception and at.title[0].value == "Model metrics"
+    return at
+
+
+def test_shipped_metrics_render_for_both_testing_sets(app_env):
+    metrics = json.loads((app_env.weights / "metrics.json").read_text())
+    at = metrics_page()
+    overview = at.dataframe[0].value
+    assert list(overview["set"])[:2] == ["Testing — full split", "Testing — leakage-free"]
+    assert overview["images"].tolist()[0] == metrics["sets"]["testing_full"]["n"]
+    text = all_text(at)
+    full = metrics["sets"]["testing_full"]
+    assert f"{full['accuracy']:.1%}" in text and "95% CI" in text
+    assert len(at.get("plotly_chart")) == 3  # confusion matrix, ROC, reliability (first tab)
+    assert "precision" in at.dataframe[1].value.columns  # per-class table
+    at.toggle(key="testing_full_cm_norm").set_value(True).run()
+    assert not at.exception
+    at.session_state["metrics_tab"] = "Testing — leakage-free"
+    at.run()
+    assert len(at.get("plotly_chart")) == 3
+    assert metrics["sets"]["testing_leak_free"]["definition"][:40] in all_text(at)
+
+
+@pytest.mark.parametrize("tab,expect", [
+    ("Data audit", "Testing images also in Training"),
+    ("Model card", "Training command"),
+    ("Validation", "Macro-F1"),
+    ("Misclassified", "misclassified"),
+])
+def test_other_tabs_render(app_env, tab, expect):
+    at = metrics_page(tab)
+    assert expect.lower() in all_text(at).lower()
+    assert not at.error
+
+
+def test_model_card_shows_command_fingerprint_and_intended_use(app_env):
+    card = json.loads((app_env.weights / "model_card.json").read_text())
+    at = metrics_page("Model card")
+    text = all_text(at)
+    assert card["training"]["command"] in text
+    assert card["training"]["data_fingerprint"]["Testing"] in text
+    assert "not for diagnosis" in text.lower()
+    assert card["architecture"]["name"] in text
+
+
+def test_reevaluate_labelled_folder_with_corrupted_file(app_env):
+    make_labelled_folder(app_env.root / "eval", per_class=2)
+    at = metrics_page("Re-evaluate")
+    at.text_input(key="reeval_folder").input("eval").run()
+    at.button(key="reeval_start").click().run()
+    assert not at.exception and not at.error
+    assert any("8 images" in s.value for s in at.success)
+    assert len(at.get("plotly_chart")) == 3
+    assert any("unreadable" in e.label for e in at.expander)
+    assert CORRUPT_NAME in all_text(at)
+    # refused outside the allowed roots, with a message
+    at.text_input(key="reeval_folder").input("/etc").run()
+    at.button(key="reeval_start").click().run()
+    assert any("Folder refused" in e.value for e in at.error)
+    # not a labelled tree
+    (app_env.root / "flat").mkdir()
+    at.text_input(key="reeval_folder").input("flat").run()
+    at.button(key="reeval_start").click().run()
+    assert any("none of the class folders" in e.value for e in at.error)
+    assert not at.exception
+
+
+def test_audit_trail_panel_lists_and_exports_predictions(app_env):
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    at.switch_page(PAGE).run()
+    at.session_state["metrics_tab"] = "Audit trail"
+    at.run()
+    recent = at.dataframe[-1].value
+    assert len(recent) == 1 and recent.iloc[0]["source"] == "single"
+    assert len(recent.iloc[0]["file_sha256"]) == 64 and len(recent.iloc[0]["model_sha256"]) == 64
+    assert "Export audit trail (CSV)" in [b.label for b in at.get("download_button")]
+
+
+def test_missing_metrics_file_still_renders(app_env, tmp_path, monkeypatch):
+    folder = tmp_path / "no-metrics"
+    shutil.copytree(app_env.weights, folder)
+    (folder / "metrics.json").unlink()
+    monkeypatch.setenv("MRI_WEIGHTS_DIR", str(folder))
+    at = metrics_page()
+    assert any("No readable `metrics.json`" in w.value for w in at.warning)
+    assert not at.exception

@@ -1,0 +1,174 @@
+"""AppTest: the single-scan page (and the shared sidebar / model loading)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_support import APP, all_text, dicom_bytes, make_app_env, make_labelled_folder, photo_png, scan_png
+
+TIMEOUT = 180
+
+
+@pytest.fixture
+def app_env(tiny_bundle_dir, tmp_path, monkeypatch):
+    return make_app_env(tmp_path, tiny_bundle_dir, monkeypatch)
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def audit_count(env) -> int:
+    from core.audit_trail import AuditTrail
+
+    return AuditTrail(env.audit_path).count()
+
+
+def test_page_loads_with_sidebar_model_facts(app_env):
+    from core.checkpoint import load_bundle
+
+    bundle = load_bundle(app_env.weights)
+    at = start()
+    assert at.title[0].value == "Single scan"
+    side = "\n".join(str(e.value) for e in at.sidebar.markdown) + "\n".join(str(w.value) for w in at.sidebar.warning)
+    assert bundle.name in side and bundle.version in side
+    assert bundle.sha256[:12] in side
+    assert "device **cpu**" in side
+    assert "Research use only" in side and "not for diagnosis" in side
+    assert at.sidebar.slider(key="uncertain_below").value == pytest.approx(0.6)
+    assert len(at.file_uploader) == 1 and not at.error
+
+
+def test_upload_gives_prediction_heatmap_and_downloads(app_env):
+    at = start()
+    before = audit_count(app_env)
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    predicted = metrics["Predicted class"].split(" ")[0]
+    assert predicted in ("glioma", "meningioma", "notumor", "pituitary")
+    assert metrics["Calibrated confidence"].endswith("%")
+    assert len(at.image) == 2  # original + Grad-CAM overlay (with the peak ring)
+    assert "heatmap peak" in all_text(at)
+    assert len(at.get("plotly_chart")) == 1  # probabilities for all classes
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Overlay PNG", "Result JSON", "Result CSV"]
+    assert audit_count(app_env) == before + 1
+    # changing only the view (opacity, CAM method, target class) re-explains but does not re-predict or re-log
+    at.slider(key="cam_opacity").set_value(0.8).run()
+    at.selectbox(key="cam_method").set_value("gradcam++").run()
+    at.selectbox(key="cam_target").set_value(2).run()
+    assert not at.exception and not at.error
+    assert "evidence for **notumor**" in all_text(at)
+    assert audit_count(app_env) == before + 1
+
+
+def test_uncertain_state_follows_sidebar_threshold(app_env):
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    at.sidebar.slider(key="uncertain_below").set_value(1.0).run()
+    assert any("Uncertain." in w.value for w in at.warning)
+    assert {m.label: m.value for m in at.metric}["Status"] in ("Uncertain — review", "Outside intended use")
+    at.sidebar.slider(key="uncertain_below").set_value(0.0).run()
+    assert not any("Uncertain." in w.value for w in at.warning)
+
+
+def test_non_mri_picture_gets_out_of_distribution_warning(app_env):
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("holiday.png", photo_png(), "image/png")).run()
+    assert not at.exception
+    assert any("Outside intended use" in w.value for w in at.warning)
+    assert {m.label: m.value for m in at.metric}["Status"] == "Outside intended use"
+
+
+@pytest.mark.parametrize("name,data,expected", [
+    ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "broken.jpg"),
+    ("notes.png", b"just some text, not an image at all\n" * 10, "text file"),
+    ("empty.png", b"", "empty"),
+])
+def test_bad_upload_shows_clear_error_not_traceback(app_env, name, data, expected):
+    at = start()
+    at.file_uploader(key="single_upload").set_value((name, data, "image/png")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and expected in at.error[0].value
+    assert "cannot be analysed" in at.error[0].value
+    assert not at.image
+
+
+def test_dicom_shows_acquisition_tags_and_window_but_never_patient_tags(app_env):
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("slice.dcm", dicom_bytes(), "application/dicom")).run()
+    assert not at.exception and not at.error
+    text = all_text(at)
+    for shown in ("Modality", "MR", "SeriesDescription", "T1 AX POST", "SliceThickness", "5 mm", "PixelSpacing",
+                  "Window centre", "2000", "DICOM, shown with its window"):
+        assert shown in text, shown
+    for hidden in ("Doe", "Jane", "SECRET-ID-123", "General Hospital"):
+        assert hidden not in text, hidden
+    csv_download = next(b for b in at.get("download_button") if b.label == "Result CSV")
+    assert csv_download  # the record is built from core's non-identifying tags only (see test_app_units)
+
+
+def test_pick_file_from_last_batch(app_env):
+    folder = make_labelled_folder(app_env.root / "set", per_class=1)
+    at = start()
+    at.switch_page("pages/2_Batch_review.py").run()
+    at.text_input(key="batch_folder").input(str(folder)).run()
+    at.button(key="batch_start").click().run()
+    at.switch_page("pages/1_Single_scan.py").run()
+    at.segmented_control(key="single_source").set_value("From the last batch review").run()
+    at.selectbox(key="single_batch_file").set_value("notumor/notumor_0.png").run()
+    assert not at.exception and not at.error
+    assert "notumor/notumor_0.png" in all_text(at)
+    assert len(at.image) == 2
+    at.selectbox(key="single_batch_file").set_value("glioma/corrupt.jpg").run()
+    assert not at.exception and any("corrupt.jpg" in e.value for e in at.error)
+
+
+def test_model_is_loaded_once_per_process(app_env):
+    a, b = start(), start()
+    assert a.session_state["_app_ctx"].predictor is b.session_state["_app_ctx"].predictor
+
+
+def test_tampered_weights_show_refusal_message(app_env, tmp_path, monkeypatch):
+    bad = tmp_path / "tampered"
+    shutil.copytree(app_env.weights, bad)
+    with open(bad / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00tamper!")
+    monkeypatch.setenv("MRI_WEIGHTS_DIR", str(bad))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert len(at.main.error) == 1
+    assert "No model loaded" in at.sidebar.error[0].value
+    msg = at.main.error[0].value
+    assert "could not be loaded" in msg and "integrity check" in msg and "refusing to load" in msg
+    assert not at.file_uploader  # the page stops: nothing to predict with
+    assert any("Research use only" in w.value for w in at.sidebar.warning)
+    # fixing the folder works on the next rerun: failures are not cached
+    (bad / "model.safetensors").write_bytes((app_env.weights / "model.safetensors").read_bytes())
+    at.run()
+    assert not at.error and at.title[0].value == "Single scan"
+
+
+def test_missing_weights_folder_shows_message(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MRI_WEIGHTS_DIR", str(tmp_path / "nowhere"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "model card not found" in at.main.error[0].value
+
+
+def test_oversize_upload_is_refused_with_the_limit(app_env, monkeypatch):
+    import ui.state
+
+    monkeypatch.setattr(ui.state, "upload_limit_mb", lambda: 1)
+    at = start()
+    assert "up to **1 MB**" in all_text(at)
+    at.file_uploader(key="single_upload").set_value(("huge.png", b"\x89PNG" + b"\0" * (2 * 1024 * 1024), "image/png"))
+    at.run()
+    assert not at.exception
+    assert any("upload limit is 1 MB" in e.value for e in at.error)

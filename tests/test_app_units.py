@@ -1,0 +1,193 @@
+"""Dashboard helpers without Streamlit: config, charts, batch job, result records, image helpers."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from app_support import CLASSES, make_labelled_folder
+
+
+# -- app config -------------------------------------------------------------------------------------
+def test_config_defaults_and_env(tmp_path, monkeypatch):
+    from app_config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(env={}, config_file=tmp_path / "absent.toml")
+    assert cfg.allowed_roots == (tmp_path,)  # the current directory by default
+    assert cfg.weights_dir.name == "weights" and cfg.device == "auto"
+    cfg = load_config(env={"MRI_ALLOWED_ROOTS": f"/data/a:{tmp_path}", "MRI_WEIGHTS_DIR": "/m",
+                           "MRI_APP_DATA": "/d", "MRI_DEVICE": "CPU", "MRI_UNCERTAIN_BELOW": "0.7"})
+    assert cfg.allowed_roots == (Path("/data/a"), tmp_path)
+    assert cfg.weights_dir == Path("/m") and cfg.audit_path == Path("/d/audit.sqlite3")
+    assert cfg.device == "cpu" and cfg.uncertain_below == 0.7
+
+
+def test_config_file_and_errors(tmp_path):
+    from app_config import ConfigError, load_config
+
+    f = tmp_path / "mri_app.toml"
+    f.write_text('allowed_roots = ["scans", "/abs/other"]\ngallery_page_size = 12\ndataset_root = "ds"\n')
+    cfg = load_config(env={}, config_file=f)
+    assert cfg.allowed_roots == (tmp_path / "scans", Path("/abs/other"))  # relative to the config file
+    assert cfg.gallery_page_size == 12 and cfg.dataset_root == tmp_path / "ds"
+    assert cfg.dataset_candidates()[0] == tmp_path / "ds"
+    f.write_text("uncertain_below = 3\n")
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        load_config(env={}, config_file=f)
+    f.write_text("not toml [")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(env={}, config_file=f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(env={"MRI_APP_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_streamlit_server_config_is_deliberate():
+    import tomllib
+
+    from app_support import REPO
+
+    cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "localhost"
+    assert cfg["server"]["enableXsrfProtection"] is True and cfg["server"]["headless"] is True
+    assert 1 <= cfg["server"]["maxUploadSize"] <= 200
+    assert cfg["browser"]["gatherUsageStats"] is False
+    assert cfg["client"]["showErrorDetails"] in ("none", "type", False)
+
+
+# -- charts ---------------------------------------------------------------------------------------------
+def test_chart_builders_return_figures(tiny_bundle_dir):
+    from ui import charts
+
+    m = json.loads((tiny_bundle_dir / "metrics.json").read_text())["sets"]["testing_full"]
+    names = list(CLASSES)
+    fig = charts.confusion_matrix_fig(m["confusion_matrix"], names, normalise=True)
+    z = np.asarray(fig.data[0].z)
+    rows = np.asarray(m["confusion_matrix"]).sum(1) > 0
+    assert np.allclose(z[rows].sum(1), 1.0)
+    counts = charts.confusion_matrix_fig(m["confusion_matrix"], names)
+    assert np.asarray(counts.data[0].z).sum() == m["n"]
+    roc = charts.roc_fig(m["roc_curves"], m["roc_auc"], names)
+    assert len(roc.data) == 1 + len(m["roc_curves"]) and "AUC" in roc.data[1].name
+    rel = charts.reliability_fig(m["calibration"], {"calibrated": m["ece"], "uncalibrated": m["ece_uncalibrated"]})
+    assert [t.name.split(" —")[0] for t in rel.data] == ["perfect calibration", "before (T = 1)",
+                                                        "after temperature scaling"]
+    bar = charts.probability_bar({"a": 0.7, "b": 0.3}, "a", 0.6)
+    assert isinstance(bar, go.Figure) and list(bar.data[0].x) == [0.7, 0.3]
+    table = charts.per_class_table(m["per_class"], names)
+    assert list(table.columns) == ["precision", "recall", "f1", "support"] and table["support"].sum() == m["n"]
+
+
+def test_batch_charts_count_errors():
+    from ui import charts
+
+    df = pd.DataFrame({"predicted": ["glioma", "glioma", "notumor", ""], "confidence": [0.9, 0.5, 0.7, np.nan],
+                       "error": ["", "", "", "bad file"]})
+    counts = charts.class_counts_fig(df, list(CLASSES))
+    assert list(counts.data[0].x) == list(CLASSES) + ["unreadable"]
+    assert list(counts.data[0].y) == [2, 0, 1, 0, 1]
+    hist = charts.confidence_histogram(df, list(CLASSES), 0.6)
+    assert sum(len(t.x) for t in hist.data) == 3
+
+
+# -- batch job ---------------------------------------------------------------------------------------------
+def test_batch_job_rows_frame_filters(tiny_predictor, tmp_path):
+    from ui.batch_job import BatchJob, display_frame, filter_frame, with_threshold
+
+    folder = make_labelled_folder(tmp_path / "set", per_class=2)
+    job = BatchJob.start(tiny_predictor, folder, label="set", audit=None, uncertain_below=0.5, chunk_size=3)
+    while job.step() is not None:
+        pass
+    assert job.status == "done" and job.done == job.total == 9 and job.n_errors == 1
+    assert job.fraction == 1.0 and job.eta_seconds == 0.0 and "9 / 9 files" in job.progress_text()
+    df = job.frame()
+    assert df["confidence"].dtype == float and df["ood"].dtype == bool
+    assert df["correct"].dtype == "boolean" and df["correct"].isna().sum() == 1
+    assert job.labelled
+    assert len(filter_frame(df, errors_only=True)) == 1
+    assert len(filter_frame(df, classes=["notumor"])) == (df["predicted"] == "notumor").sum()
+    assert len(filter_frame(df, confidence=(0.99, 1.0))) == (df["confidence"] >= 0.99).sum()
+    assert filter_frame(df, wrong_only=True)["correct"].eq(False).all()
+    strict = with_threshold(df, 1.01)
+    assert strict["uncertain"].sum() == 8  # every readable row; the error row is never 'uncertain'
+    assert len(filter_frame(strict, flagged_only=True)) >= 8
+    assert "true_label" in display_frame(df, list(CLASSES), True).columns
+    assert "true_label" not in display_frame(df, list(CLASSES), False).columns
+
+
+def test_batch_job_cancel_from_another_thread_while_stepping(tiny_predictor, tmp_path):
+    """fastReruns may run the next script run while the previous one is inside step()."""
+    from ui.batch_job import BatchJob
+
+    folder = make_labelled_folder(tmp_path / "set", per_class=4, corrupt=False)
+    job = BatchJob.start(tiny_predictor, folder, label="set", audit=None, uncertain_below=0.5, chunk_size=4)
+    assert job.step() is not None
+    worker = threading.Thread(target=job.step)
+    with job._lock:  # simulate "another thread is inside step()"
+        worker.start()
+        job.cancel()  # must not block or raise "generator already executing"
+        assert job.status == "cancelled"
+    worker.join(10)
+    assert job.step() is None and job.status == "cancelled" and job._gen is None
+    assert job.done in (1, 2, 3, 4, 5)
+
+
+def test_save_uploads_sanitises_names(tmp_path):
+    from ui.batch_job import save_uploads
+
+    files = [SimpleNamespace(name=n, getvalue=lambda n=n: n.encode()) for n in
+             ("../../etc/passwd.png", "a b.png", "a b.png", "ok.dcm", "")]
+    folder = save_uploads(files, parent=tmp_path)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["a_b.png", "a_b_1.png", "ok.dcm", "passwd.png", "upload"]
+    assert all(p.parent == folder for p in folder.iterdir())
+
+
+# -- single-scan records + images ---------------------------------------------------------------------
+def test_result_record_json_csv(tiny_predictor, scan_u8):
+    from ui.results import analyse_bytes, explain, record_csv, record_json, result_record
+    from ui.imaging import png_bytes
+
+    data = png_bytes(scan_u8)
+    a = analyse_bytes(tiny_predictor, data, "scan.png")
+    cam = explain(tiny_predictor, a, "gradcam", 1)
+    assert cam.target == tiny_predictor.class_names[1] and explain(tiny_predictor, a, "gradcam", 1) is cam
+    b = tiny_predictor.bundle
+    rec = result_record(a.prediction, file_name="scan.png", file_sha256=a.file_sha256, model_name=b.name,
+                        model_version=b.version, model_sha256=b.sha256, uncertain_below=0.6, cam_method="gradcam",
+                        cam_target=cam.target, cam_peak=cam.peak, dicom_tags={"Modality": "MR"})
+    loaded = json.loads(record_json(rec))
+    assert loaded["model_version"] == b.version and loaded["model_sha256"] == b.sha256
+    assert len(loaded["file_sha256"]) == 64 and abs(sum(loaded["probabilities"].values()) - 1) < 1e-3
+    header, row = record_csv(rec).strip().splitlines()
+    assert "p_glioma" in header and "dicom_Modality" in header and "model_version" in header
+    assert b.sha256 in row
+
+
+def test_dicom_analysis_never_holds_patient_tags(tiny_predictor):
+    from app_support import dicom_bytes
+    from ui.results import analyse_bytes
+
+    a = analyse_bytes(tiny_predictor, dicom_bytes(), "slice.dcm")
+    assert a.is_dicom and a.decoded.dicom_tags["Modality"] == "MR"
+    assert not {"PatientName", "PatientID", "InstitutionName"} & set(a.decoded.dicom_tags)
+    assert a.window == {"Window centre": "2000", "Window width": "4000",
+                        "Source": "window stored in the file (first one applied)"}
+
+
+def test_image_helpers():
+    from ui.imaging import draw_peak_marker, png_bytes, thumbnail, to_uint8
+
+    img = np.zeros((100, 200, 3), np.uint8)
+    marked = draw_peak_marker(img, (0.5, 0.5))
+    assert marked.shape == img.shape and marked[50].max() >= 200 and img.max() == 0
+    assert thumbnail(np.zeros((400, 800), np.uint8), 200).shape == (100, 200)
+    assert thumbnail(np.zeros((50, 50), np.uint8), 200).shape == (50, 50)
+    assert to_uint8(np.array([[0.0, 1.0, np.nan]])).tolist() == [[0, 255, 0]]
+    assert png_bytes(np.zeros((4, 4), np.uint8)).startswith(b"\x89PNG")

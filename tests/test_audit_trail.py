@@ -1,0 +1,226 @@
+"""Audit trail: every prediction appended to a local SQLite database (WAL), safe with
+concurrent sessions (threads and processes), exportable, and free of identifying tags."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.audit_trail import COLUMNS, AuditTrail, default_audit_path
+from core.batch import main as batch_main, run_batch
+from core.synthetic import fake_scan
+from tests.conftest import REPO
+from tests.factories import FAKE_PATIENT, dicom_bytes, encode
+
+SHA_A, SHA_M = "a" * 64, "m" * 64
+
+
+def _rec(audit: AuditTrail, i: int = 0, **kw) -> None:
+    fields = dict(source="test", file_sha256=f"{i:064x}", model_sha256=SHA_M, predicted="glioma", confidence=0.9,
+                  probabilities={"glioma": 0.9, "notumor": 0.1}, ood=False, uncertain=False, cam_method="gradcam")
+    fields.update(kw)
+    audit.record(**fields)
+
+
+def _db_bytes(path: Path) -> bytes:
+    """The database and its WAL/SHM side files, as raw bytes (what a forensic grep would see)."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_record_holds_every_field_and_exports_csv(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    audit.record(source="dashboard", file_sha256=SHA_A, model_sha256=SHA_M, predicted="meningioma", confidence=0.71,
+                 probabilities={"glioma": 0.2, "meningioma": 0.71, "notumor": 0.05, "pituitary": 0.04},
+                 ood=True, uncertain=False, cam_method="gradcam++")
+    audit.record(source="batch", file_sha256=SHA_A, model_sha256=SHA_M, error="<file>: file is empty (0 bytes)")
+    assert audit.count() == 2
+    newest, first = audit.recent(10)
+    assert set(first) == set(COLUMNS)
+    assert first["timestamp"].endswith("Z") and first["timestamp"][:2] == "20"
+    assert (first["source"], first["file_sha256"], first["model_sha256"]) == ("dashboard", SHA_A, SHA_M)
+    assert (first["predicted"], first["confidence"], first["ood"], first["uncertain"], first["cam_method"]) == (
+        "meningioma", 0.71, 1, 0, "gradcam++")
+    assert json.loads(first["probabilities"])["meningioma"] == 0.71
+    assert newest["predicted"] is None and newest["error"].startswith("<file>")
+    assert [r["id"] for r in audit.recent(1)] == [newest["id"]]
+    rows = list(csv.DictReader(io.StringIO(audit.export_csv())))
+    assert [r["source"] for r in rows] == ["batch", "dashboard"] and list(rows[0]) == list(COLUMNS)
+    assert len(list(csv.DictReader(io.StringIO(audit.export_csv(limit=1))))) == 1
+
+
+def test_wal_mode_and_transactional_writes(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    audit = AuditTrail(path)
+    _rec(audit)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # A write that fails (NOT NULL file_sha256) leaves nothing behind and the next write works.
+    with pytest.raises(sqlite3.IntegrityError):
+        _rec(audit, file_sha256=None)
+    assert audit.count() == 1
+    # A reader holding an open transaction does not block writers (WAL).
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 1
+    _rec(audit, 2)
+    assert audit.count() == 2
+    reader.close()
+
+
+def test_default_location_is_the_app_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRI_APP_DATA", str(tmp_path / "appdata"))
+    assert default_audit_path() == tmp_path / "appdata" / "audit.sqlite3"
+    audit = AuditTrail()
+    assert audit.path == tmp_path / "appdata" / "audit.sqlite3" and audit.path.is_file()
+    monkeypatch.delenv("MRI_APP_DATA")
+    assert default_audit_path() == REPO / "data" / "audit.sqlite3"
+    try:
+        from app_config import load_config
+    except ImportError:  # the dashboard's settings module is optional for the engine
+        return
+    assert load_config(env={}, config_file=tmp_path / "none.toml").audit_path == default_audit_path()
+    assert (load_config(env={"MRI_APP_DATA": str(tmp_path / "x")}, config_file=tmp_path / "none.toml").audit_path
+            == tmp_path / "x" / "audit.sqlite3")
+
+
+def test_concurrent_writers_threads(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    n_threads, per_thread = 8, 40
+    errors: list[BaseException] = []
+    start = threading.Barrier(n_threads)
+
+    def writer(t: int) -> None:
+        try:
+            other = AuditTrail(audit.path)  # one object per session, as the dashboard has
+            start.wait()
+            for i in range(per_thread):
+                _rec(other if i % 2 else audit, t * 1000 + i, source=f"thread{t}")
+                if i % 10 == 0:
+                    audit.recent(5)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert audit.count() == n_threads * per_thread
+    shas = {r["file_sha256"] for r in audit.recent(-1)}
+    assert len(shas) == n_threads * per_thread
+
+
+_WRITER = """
+import sys
+from core.audit_trail import AuditTrail
+audit = AuditTrail(sys.argv[1])
+tag = sys.argv[2]
+for i in range(int(sys.argv[3])):
+    audit.record(source=tag, file_sha256=f"{tag}-{i}", model_sha256="m", predicted="notumor", confidence=0.5,
+                 probabilities={"notumor": 0.5}, ood=False, uncertain=True, cam_method=None)
+print("done", tag)
+"""
+
+
+def test_concurrent_writers_two_processes(tmp_path):
+    path = tmp_path / "shared" / "audit.sqlite3"
+    n = 150
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"proc{k}", str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    here = AuditTrail(path)  # and this process writes at the same time
+    for i in range(n):
+        _rec(here, i, source="main")
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.startswith("done")
+    assert here.count() == 3 * n
+    by_source: dict[str, int] = {}
+    for r in here.recent(-1):
+        by_source[r["source"]] = by_source.get(r["source"], 0) + 1
+    assert by_source == {"main": n, "proc0": n, "proc1": n}
+
+
+def test_batch_audit_has_every_row_and_never_identifying_tags(tmp_path, tiny_predictor):
+    rng = np.random.default_rng(8)
+    root = tmp_path / "in"
+    root.mkdir()
+    scan16 = fake_scan(rng, 128, 2).astype(np.uint16) * 16
+    dcm = dicom_bytes(scan16)  # carries FAKE_PATIENT: name, ID, birth date, institution, ...
+    (root / "slice1.dcm").write_bytes(dcm)
+    # File names can identify a patient too: they must not reach the audit either.
+    (root / "Zqxwv_Jolyon_report.dcm").write_bytes(dicom_bytes(None))  # an error row (no pixel data)
+    (root / "Zqxwv_Jolyon_empty.png").write_bytes(b"")  # an error row (unreadable)
+    (root / "plain.png").write_bytes(encode(fake_scan(rng, 128, 1), "PNG"))
+    audit = AuditTrail(tmp_path / "db" / "audit.sqlite3")
+    rows = list(run_batch(tiny_predictor, root, tmp_path / "r.csv", cam_method="gradcam", audit=audit))
+    assert len(rows) == 4 and audit.count() == 4
+    records = audit.recent(-1)
+    by_sha = {r["file_sha256"]: r for r in records}
+    ok = by_sha[hashlib.sha256(dcm).hexdigest()]
+    assert ok["predicted"] in tiny_predictor.class_names and ok["cam_method"] == "gradcam" and ok["error"] is None
+    assert ok["model_sha256"] == tiny_predictor.bundle.sha256
+    assert set(json.loads(ok["probabilities"])) == set(tiny_predictor.class_names)
+    errors = [r for r in records if r["error"]]
+    assert len(errors) == 2 and all("<file>" in r["error"] for r in errors)
+    assert any("no pixel data" in r["error"] for r in errors)
+    report_sha = hashlib.sha256((root / "Zqxwv_Jolyon_report.dcm").read_bytes()).hexdigest()
+    assert {r["file_sha256"] for r in errors} == {report_sha, ""}  # "": the empty file has no bytes to hash
+    blob = _db_bytes(audit.path) + audit.export_csv().encode()
+    needles = [v for v in FAKE_PATIENT.values()] + [part for v in FAKE_PATIENT.values() for part in v.split("^")]
+    needles += ["Zqxwv", "Jolyon", "slice1", "plain.png", str(root)]
+    for needle in needles:
+        assert needle.encode() not in blob, f"{needle!r} found in the audit database"
+    # ... while the decoder itself did see them (the test would be vacuous otherwise).
+    from core.image_io import decode_bytes
+
+    assert decode_bytes(dcm, "x.dcm", include_identifying_tags=True).dicom_tags["PatientName"] == "Zqxwv^Jolyon"
+    assert "PatientName" not in decode_bytes(dcm, "x.dcm").dicom_tags
+
+
+def test_error_rows_keep_the_file_hash_when_bytes_were_read(tmp_path, tiny_predictor):
+    root = tmp_path / "in"
+    root.mkdir()
+    bad = b"%PDF-1.4 not an image" * 10
+    (root / "doc.jpg").write_bytes(bad)
+    (root / "empty.png").write_bytes(b"")
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    rows = {r["path"]: r for r in run_batch(tiny_predictor, root, audit=audit)}
+    assert rows["doc.jpg"]["file_sha256"] == hashlib.sha256(bad).hexdigest()
+    assert rows["empty.png"]["file_sha256"] == ""
+    assert {r["file_sha256"] for r in audit.recent(-1)} == {hashlib.sha256(bad).hexdigest(), ""}
+
+
+def test_batch_cli_audits_by_default_and_can_opt_out(tmp_path, tiny_bundle_dir, monkeypatch, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        (root / f"s{i}.png").write_bytes(encode(fake_scan(rng, 100, i), "PNG"))
+    monkeypatch.setenv("MRI_APP_DATA", str(tmp_path / "appdata"))
+    assert batch_main([str(root), "--out", str(tmp_path / "r.csv"), "--weights", str(tiny_bundle_dir)]) == 0
+    default_db = tmp_path / "appdata" / "audit.sqlite3"
+    assert AuditTrail(default_db).count() == 3
+    custom = tmp_path / "custom" / "a.sqlite3"
+    assert batch_main([str(root), "--out", str(tmp_path / "r2.csv"), "--weights", str(tiny_bundle_dir),
+                       "--audit-db", str(custom)]) == 0
+    assert AuditTrail(custom).count() == 3 and AuditTrail(default_db).count() == 3
+    assert batch_main([str(root), "--out", str(tmp_path / "r3.csv"), "--weights", str(tiny_bundle_dir),
+                       "--no-audit"]) == 0
+    assert AuditTrail(default_db).count() == 3
+    (tmp_path / "blocker").write_text("a file where the audit folder should be")
+    rc = batch_main([str(root), "--out", str(tmp_path / "r4.csv"), "--weights", str(tiny_bundle_dir),
+                     "--audit-db", str(tmp_path / "blocker" / "a.sqlite3")])
+    assert rc == 2 and "cannot open the audit trail" in capsys.readouterr().err

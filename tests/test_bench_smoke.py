@@ -1,0 +1,54 @@
+"""Smoke test of the benchmark suite: ``python -m bench --quick`` on generated images.
+
+Checks that every section ran and produced positive numbers; it never asserts speed
+(speed is reported by the benchmark itself, in one run, as ratios).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_quick_benchmark_writes_complete_json(tmp_path):
+    out = tmp_path / "bench.json"
+    readme = tmp_path / "section.md"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--generated", "--weights", "random",
+                        "--device", "cpu", "--out", str(out), "--readme", str(readme)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for key in ("machine", "config", "backends", "single_scan_warm", "single_scan_cold", "single_scan_vgg16_warm",
+                "pipeline_tuning", "throughput", "cam_throughput", "cam_engines", "profile", "memory", "targets"):
+        assert key in res, key
+        assert "error" not in res[key], (key, res[key])
+    assert res["machine"]["cores"] >= 1 and res["machine"]["torch"]
+    for stage in ("decode", "preprocess", "forward", "cam", "predict_total", "with_cam_total"):
+        assert _positive(res["single_scan_warm"][stage]["p50"]), stage
+        assert _positive(res["single_scan_cold"][stage]["p50"]), stage
+    assert _positive(res["single_scan_vgg16_warm"]["predict_total"]["p50"])
+    rows = res["backends"]["rows"]
+    assert _positive(rows["fp32 channels_last"]["images_per_s"]) and _positive(rows["VGG16 baseline"]["images_per_s"])
+    thr = res["throughput"]
+    for row in thr["rows"]:
+        assert row["ours"]["errors"] == 0 and row["ours"]["images"] > 0
+        assert _positive(row["ours"]["images_per_s"]) and _positive(row["vgg16"]["images_per_s"])
+        assert _positive(row["ratio_vs_vgg16"])
+    assert _positive(thr["ratio_best_vs_best"])
+    assert all(_positive(x["images_per_s"]) for x in res["cam_throughput"]["rows"])
+    assert res["cam_engines"]["max_abs_difference"] < 1e-3  # native batched CAM == grad-cam package
+    mem = res["memory"]
+    assert mem["images"] > 0 and _positive(mem["rss_at_end"]["main_mb"]) and _positive(mem["peak_rss"]["self_mb"])
+    assert res["profile"]["top_ops"]
+    text = readme.read_text()
+    assert text.startswith("## Benchmarks") and res["machine"]["cpu"] in text
+    assert "Single scan" in r.stdout and "Batch throughput" in r.stdout

@@ -1,0 +1,79 @@
+"""DICOM: rescale, window, MONOCHROME1, and no identifying tags unless asked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from core.image_io import decode_image
+from core.preprocess import PreprocessSpec, preprocess
+
+
+def make_dicom(path, pixels: np.ndarray, **tags) -> str:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-12345", "19700101"
+    ds.SeriesDescription, ds.SliceThickness, ds.PixelSpacing = "T1 AX POST", "5", ["0.5", "0.5"]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+@pytest.fixture
+def scan16(scan_u8) -> np.ndarray:
+    return scan_u8.astype(np.uint16) * 16  # 12-bit range, like many MR scanners
+
+
+def test_dicom_matches_png_pipeline(tmp_path, scan_u8, scan16):
+    spec = PreprocessSpec(image_size=96)
+    p = make_dicom(tmp_path / "a.dcm", scan16)
+    d = decode_image(p)
+    assert d.source_format == "DICOM" and d.pixels.shape == scan16.shape
+    a = preprocess(p, spec).image
+    b = preprocess(scan_u8, spec).image
+    assert np.abs(a - b).mean() < 0.01
+
+
+def test_identifying_tags_hidden_unless_asked(tmp_path, scan16):
+    p = make_dicom(tmp_path / "a.dcm", scan16)
+    tags = decode_image(p).dicom_tags
+    assert tags["Modality"] == "MR" and tags["SliceThickness"] == "5 mm" and tags["PixelSpacing"] == "0.5 x 0.5 mm"
+    assert not any(k.startswith("Patient") for k in tags)
+    assert "Doe^Jane" not in repr(tags) and "PID-12345" not in repr(tags)
+    asked = decode_image(p, include_identifying_tags=True).dicom_tags
+    assert asked["PatientName"] == "Doe^Jane"
+
+
+def test_rescale_and_window_are_applied(tmp_path, scan16):
+    # Stored values v map to 2*v - 1000; a window over the upper half clips the lower half to black.
+    p = make_dicom(tmp_path / "w.dcm", scan16, RescaleSlope="2", RescaleIntercept="-1000",
+                   WindowCenter=str(2 * 2040 - 1000 - 1020), WindowWidth="2040")
+    d = decode_image(p)
+    hu = 2.0 * scan16 - 1000
+    lower = float(2 * 2040 - 1000 - 2040)
+    assert np.all(d.pixels[hu <= lower] < 0.01)
+    assert d.pixels.max() > 0.9
+
+
+def test_monochrome1_is_inverted(tmp_path, scan16):
+    a = decode_image(make_dicom(tmp_path / "m2.dcm", scan16)).pixels
+    b = decode_image(make_dicom(tmp_path / "m1.dcm", scan16, PhotometricInterpretation="MONOCHROME1")).pixels
+    assert np.allclose(a, 1.0 - b, atol=1e-6)
+
+
+def test_extension_does_not_matter(tmp_path, scan16):
+    p = make_dicom(tmp_path / "slice.img", scan16)
+    assert decode_image(p).source_format == "DICOM"

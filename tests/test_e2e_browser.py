@@ -1,0 +1,217 @@
+"""Real-browser end-to-end test: ``streamlit run`` on localhost, driven by headless Chromium (Playwright).
+
+Uses the Debian chromium (``/usr/bin/chromium``, override with ``CHROMIUM_PATH``) through
+Playwright's ``executable_path``, so no browser download is needed. Screenshots go to
+``artifacts/screenshots/`` (git-ignored; override with ``E2E_ARTIFACTS``).
+
+    .venv/bin/pytest -m e2e tests/test_e2e_browser.py
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urljoin
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_support import APP, CLASSES, CORRUPT_NAME, REPO, make_app_env, make_labelled_folder, scan_png, \
+    set_env_for_subprocess
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+SHOTS = Path(os.environ.get("E2E_ARTIFACTS", REPO / "artifacts")) / "screenshots"
+WAIT_MS = 120_000  # two busy CPU cores on CI: be patient, but finite
+PER_CLASS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_files(tiny_bundle_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    env = make_app_env(tmp, tiny_bundle_dir)
+    make_labelled_folder(env.root / "batch", per_class=PER_CLASS)  # + one corrupted JPEG
+    upload = tmp / "upload.png"
+    upload.write_bytes(scan_png(seed=5, label=2, size=256))
+    return env, upload
+
+
+@pytest.fixture(scope="module")
+def server(app_files, tmp_path_factory):
+    env, _ = app_files
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.address",
+         "localhost", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=set_env_for_subprocess(env), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not become healthy:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        if SHOTS.is_dir():  # keep the server log next to the screenshots
+            shutil.copy(log_path, SHOTS / "streamlit.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 2200})
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    yield pg
+    context.close()
+
+
+def shot(pg, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def open_page(pg, url: str, heading: str) -> None:
+    """Open a page and wait until its script run has finished drawing it."""
+    pg.goto(url, wait_until="domcontentloaded")
+    pg.get_by_role("heading", name=heading, level=1).wait_for()
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    # Streamlit may show "Page not found" for a deep link on the first session of a fresh server.
+    if pg.locator('[data-testid="stDialog"]').count():
+        pg.keyboard.press("Escape")
+    assert pg.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in pg.inner_text("body")
+
+
+def image_rgb(pg, img) -> np.ndarray:
+    data = pg.request.get(urljoin(pg.url, img.get_attribute("src"))).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def test_every_page_renders(page, server, tiny_bundle_dir):
+    from core.checkpoint import load_bundle
+
+    bundle = load_bundle(tiny_bundle_dir)
+    open_page(page, server + "/", "Single scan")
+    side = page.locator('[data-testid="stSidebar"]').inner_text()
+    assert "Research use only" in side and "not for diagnosis" in side
+    assert bundle.name in side and f"Version {bundle.version}" in side and "device cpu" in side
+    assert bundle.sha256[:12] in side
+    for link in ("Single scan", "Batch review", "Model metrics"):
+        assert link in side
+    assert page.locator('input[type="file"]').count() == 1
+    assert page.get_by_text("Waiting for a scan").is_visible()
+    shot(page, "e2e_1_single_scan_empty")
+
+    open_page(page, server + "/batch-review", "Batch review")
+    assert page.get_by_role("textbox", name="Folder to review").is_visible()
+    assert page.get_by_role("button", name="Start review").is_visible()
+    assert "Browsing is limited to" in page.inner_text("body")
+    shot(page, "e2e_2_batch_empty")
+
+    open_page(page, server + "/model-metrics", "Model metrics")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3")
+    body = page.inner_text("body")
+    assert "Testing — full" in body and "Testing — leakage-free" in body  # tabs for both Testing sets
+    assert "Accuracy" in body and "Macro-F1" in body
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 2  # overview + per-class table
+    time.sleep(1.0)  # let plotly finish drawing before the screenshot
+    shot(page, "e2e_3_metrics")
+
+
+def test_upload_gives_prediction_and_heatmap(page, server, app_files):
+    _, upload = app_files
+    open_page(page, server + "/", "Single scan")
+    page.locator('input[type="file"]').set_input_files(str(upload))
+    metric = page.locator('[data-testid="stMetric"]', has_text="Predicted class")
+    metric.wait_for()
+    value = metric.locator('[data-testid="stMetricValue"]').inner_text()
+    assert value.split(" ")[0] in CLASSES, value
+    assert page.locator('[data-testid="stMetric"]', has_text="Calibrated confidence").inner_text().strip().endswith("%")
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    imgs = page.locator('[data-testid="stImage"] img')
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
+    assert imgs.count() == 2
+    assert "heatmap peak" in page.inner_text("body")
+    original, heat = image_rgb(page, imgs.nth(0)), image_rgb(page, imgs.nth(1))
+    assert original.shape == heat.shape and original.shape[:2] == (256, 256)
+    chroma = lambda a: float(np.abs(a[..., 0] - a[..., 2]).mean())  # noqa: E731
+    assert chroma(original) < 3 < chroma(heat), (chroma(original), chroma(heat))  # grey scan vs coloured heatmap
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1")  # probability chart
+    assert page.get_by_role("button", name="Overlay PNG").is_visible()
+    time.sleep(1.0)
+    shot(page, "e2e_4_single_scan_result")
+
+
+def test_batch_on_small_folder_fills_table(page, server):
+    open_page(page, server + "/batch-review", "Batch review")
+    box = page.get_by_role("textbox", name="Folder to review")
+    box.fill("batch")
+    box.press("Enter")
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.get_by_role("button", name="Start review").click()
+    n = PER_CLASS * len(CLASSES) + 1
+    page.get_by_text(f"Reviewed {n} files").wait_for()
+    grid = page.locator('.st-key-batch_table [role="grid"]')  # the data grid's accessible (hidden) table
+    grid.wait_for(state="attached")
+    assert grid.get_attribute("aria-rowcount") == str(n + 1)  # header + one row per file
+    cells = page.locator('.st-key-batch_table [role="gridcell"]').all_text_contents()
+    assert f"glioma/{CORRUPT_NAME}" in cells and "pituitary/pituitary_2.png" in cells
+    assert sum(c in CLASSES for c in cells) >= n - 1  # predicted (and true) class cells are filled
+    assert "1 unreadable" in page.inner_text("body")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="CSV (all rows)").click()
+    lines = Path(dl.value.path()).read_text().strip().splitlines()
+    assert lines[0].startswith("path,predicted,confidence,p_glioma") and len(lines) == n + 1
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 12")
+    time.sleep(1.5)
+    shot(page, "e2e_5_batch_results")

@@ -1,0 +1,104 @@
+"""The CPU fast path and batched pipeline give the same answers as the plain path.
+
+Correctness only: speed is measured by ``python -m bench``, never asserted here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.cam import CAM_METHODS, cam_maps, compute_cams
+from core.checkpoint import load_bundle
+from core.predictor import Predictor
+from core.preprocess import preprocess
+from core.quantize import CALIBRATION_FILE, calibrate, int8_supported, load_calibration, save_calibration
+
+
+@pytest.fixture(scope="module")
+def items(tiny_predictor):
+    from core.synthetic import fake_scan
+
+    rng = np.random.default_rng(7)
+    return [preprocess(fake_scan(rng, int(rng.integers(96, 220)), k % 4), tiny_predictor.spec) for k in range(6)]
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_native_batched_cam_equals_grad_cam_package(tiny_predictor, items, method):
+    batch = tiny_predictor.batch_tensor(items)
+    native, t_native = cam_maps(tiny_predictor, batch, [0, 1, 2, 3, 0, 1], method, engine="native")
+    library, t_library = cam_maps(tiny_predictor, batch, [0, 1, 2, 3, 0, 1], method, engine="library")
+    assert t_native == t_library
+    assert native.shape == library.shape == (6, tiny_predictor.spec.image_size, tiny_predictor.spec.image_size)
+    assert np.abs(native - library).max() < 1e-4
+    assert all(p.grad is None for p in tiny_predictor.model.parameters())
+
+
+def test_batched_cams_equal_one_at_a_time(tiny_predictor, items):
+    together = compute_cams(tiny_predictor, items, None, "gradcam")
+    for item, c in zip(items, together):
+        (alone,) = compute_cams(tiny_predictor, [item], None, "gradcam")
+        assert alone.target == c.target
+        assert np.abs(alone.heatmap - c.heatmap).max() < 1e-4
+
+
+def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_path):
+    from core.pipeline import predict_files
+    from core.synthetic import fake_scan
+
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(7):
+        p = tmp_path / f"s{i}.jpg"
+        Image.fromarray(fake_scan(rng, 150 + 10 * i, i % 4)).save(p)
+        files.append(p)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    files.insert(3, bad)
+    serial = tiny_predictor.predict_preprocessed([preprocess(f, tiny_predictor.spec) for f in files if f != bad])
+    for workers in (0, 2):
+        rows = list(predict_files(tiny_predictor, files, batch_size=3, num_workers=workers, root=tmp_path,
+                                  cam_method="gradcam"))
+        assert [r.path for r, _, _ in rows] == [f.name for f in files]
+        assert rows[3][1] is None and "text file" in rows[3][0].error
+        good = [(p, c) for _, p, c in rows if p is not None]
+        for (p, c), s in zip(good, serial):
+            assert p.label == s.label
+            assert p.confidence == pytest.approx(s.confidence, abs=1e-5)
+            assert c.target == p.label and 0 <= c.peak[0] <= 1
+        assert all(len(r.sha256) == 64 for r, p, _ in rows if p is not None)
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no x86 quantised kernels in this torch build")
+def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
+    bundle = load_bundle(tiny_bundle_dir)
+    fp32 = Predictor(bundle, torch.device("cpu"), "fp32")
+    batch = fp32.batch_tensor(items).contiguous()
+    path = save_calibration(tmp_path, calibrate(bundle.model, [batch], bundle.spec.image_size), bundle.sha256)
+    assert path.name == CALIBRATION_FILE and load_calibration(path, bundle.sha256) is not None
+    assert load_calibration(path, "0" * 64) is None  # other weights: not used
+
+    q = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), int8_calibration=path)
+    assert q.precision == "int8" and q.describe()["int8_calibration"] == str(path)
+    a, b = fp32.predict_preprocessed(items), q.predict_preprocessed(items)
+    assert [x.label for x in a] == [x.label for x in b]
+    assert max(abs(x.confidence - y.confidence) for x, y in zip(a, b)) < 0.05
+    assert q.warmup() > 0
+    (c,) = compute_cams(q, items[:1], None, "gradcam")  # CAMs still differentiate the fp32 model
+    assert c.heatmap.max() <= 1.0
+
+    other = tmp_path / "other"
+    other.mkdir()
+    save_calibration(other, calibrate(bundle.model, [batch], bundle.spec.image_size), "f" * 64)
+    auto = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), int8_calibration=other / CALIBRATION_FILE)
+    assert auto.precision == "fp32"
+    with pytest.raises(ValueError, match="int8 calibration"):
+        Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int8", int8_calibration=other / CALIBRATION_FILE)
+
+
+def test_precision_overrides(tiny_bundle_dir):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int4")
+    p = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "fp32")
+    assert p.describe()["precision"] == "fp32" and p.amp_dtype is None

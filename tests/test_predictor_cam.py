@@ -1,0 +1,103 @@
+"""Predictor shapes/probabilities and Grad-CAM outputs on the tiny dry-run model."""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from core.cam import CAM_METHODS, compute_cams, overlay
+from core.device import select_device
+from core.preprocess import preprocess
+
+
+def test_select_device_prefers_available_and_validates():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            select_device("cuda")
+
+
+def test_predict_probabilities(tiny_predictor, scan_u8):
+    pred, pre = tiny_predictor.predict(scan_u8)
+    assert set(pred.probabilities) == set(tiny_predictor.class_names)
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+    assert pred.confidence == pytest.approx(max(pred.probabilities.values()))
+    assert pred.logits.shape == (len(tiny_predictor.class_names),)
+
+
+def test_batched_equals_single(tiny_predictor, rng):
+    from core.synthetic import fake_scan
+
+    items = [preprocess(fake_scan(rng, 200, k % 4), tiny_predictor.spec) for k in range(6)]
+    batched = tiny_predictor.predict_preprocessed(items)
+    for it, b in zip(items, batched):
+        s = tiny_predictor.predict_preprocessed([it])[0]
+        assert np.allclose(list(s.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+    logits, scores = tiny_predictor.logits_and_scores(tiny_predictor.batch_tensor(items))
+    assert logits.shape == (6, 4) and scores.shape == (6,)
+
+
+def test_blank_and_colour_images_are_outside_intended_use(tiny_predictor, rng):
+    from core.synthetic import non_mri_image
+
+    blank, _ = tiny_predictor.predict(np.zeros((128, 128), np.uint8))
+    assert blank.ood and "blank" in blank.ood_reason
+    photo, _ = tiny_predictor.predict(non_mri_image("photo", rng))
+    assert photo.ood and "colour" in photo.ood_reason
+
+
+def test_uncertain_threshold(tiny_predictor, scan_u8):
+    pred, _ = tiny_predictor.predict(scan_u8)
+    assert pred.is_uncertain(1.01) and not pred.is_uncertain(0.0)
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_cam_shape_range_and_peak(tiny_predictor, method):
+    # A bright blob off-centre on a dark head; the image is not square on purpose.
+    img = np.zeros((240, 320), np.uint8)
+    yy, xx = np.mgrid[0:240, 0:320]
+    img[((xx - 160) / 120.0) ** 2 + ((yy - 120) / 100.0) ** 2 < 1] = 90
+    pre = preprocess(img, tiny_predictor.spec)
+    (res,) = compute_cams(tiny_predictor, [pre], [2], method)
+    assert res.heatmap.shape == (240, 320) and res.heatmap.dtype == np.float32
+    assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0
+    px, py = res.peak
+    assert 0.0 <= px <= 1.0 and 0.0 <= py <= 1.0
+    y, x = np.unravel_index(res.heatmap.argmax(), res.heatmap.shape)
+    assert abs(px - (x + 0.5) / 320) < 1e-6 and abs(py - (y + 0.5) / 240) < 1e-6
+    ov = overlay(pre, res.heatmap, opacity=0.5, colormap="turbo")
+    assert ov.shape == (240, 320, 3) and ov.dtype == np.uint8
+
+
+def test_cam_for_a_chosen_class_differs_per_target(tiny_predictor, scan_u8):
+    pre = preprocess(scan_u8, tiny_predictor.spec)
+    a, b = compute_cams(tiny_predictor, [pre, pre], [0, 3], "gradcam")
+    assert a.target == tiny_predictor.class_names[0] and b.target == tiny_predictor.class_names[3]
+
+
+def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
+    import psutil
+
+    model = tiny_predictor.model
+    pre = preprocess(scan_u8, tiny_predictor.spec)
+
+    def hook_count() -> int:
+        return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
+                   for m in model.modules())
+
+    before_hooks = hook_count()
+    for _ in range(10):  # warm-up: allocator pools, lazy imports
+        compute_cams(tiny_predictor, [pre], [1], "gradcam")
+    gc.collect()
+    rss0 = psutil.Process().memory_info().rss
+    for i in range(150):
+        compute_cams(tiny_predictor, [pre], [i % 4], ["gradcam", "gradcam++", "eigencam"][i % 3])
+    gc.collect()
+    growth_mb = (psutil.Process().memory_info().rss - rss0) / 2**20
+    assert hook_count() == before_hooks, "CAM hooks were left on the model"
+    assert all(p.grad is None for p in model.parameters())
+    assert growth_mb < 40, f"RSS grew by {growth_mb:.1f} MB over 150 CAM calls"

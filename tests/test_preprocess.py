@@ -1,0 +1,117 @@
+"""Preprocessing: every mode, size and channel count gives the same model tensor."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.image_io import decode_image
+from core.preprocess import PreprocessSpec, map_to_original, preprocess
+
+SPEC = PreprocessSpec(image_size=96, mean=0.25, std=0.25)
+
+
+def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _variants(scan_u8: np.ndarray) -> dict[str, object]:
+    rgb = np.repeat(scan_u8[..., None], 3, axis=2)
+    rgba = np.dstack([rgb, np.full_like(scan_u8, 255)])
+    return {
+        "grey-array": scan_u8,
+        "rgb-array": rgb,
+        "rgba-array": rgba,
+        "uint16-array": scan_u8.astype(np.uint16) * 257,
+        "float-array": scan_u8.astype(np.float32) / 255.0,
+        "png-L-bytes": _png_bytes(scan_u8),
+        "png-RGB-bytes": _png_bytes(rgb),
+        "png-RGBA-bytes": _png_bytes(rgba),
+        "png-16bit-bytes": _png_bytes((scan_u8.astype(np.uint16) * 257)),
+    }
+
+
+def test_all_input_forms_give_the_same_tensor(scan_u8):
+    ref = preprocess(scan_u8, SPEC).tensor(SPEC)
+    assert ref.shape == (1, 96, 96) and ref.dtype == torch.float32
+    for name, source in _variants(scan_u8).items():
+        t = preprocess(source, SPEC).tensor(SPEC)
+        assert t.shape == ref.shape, name
+        assert torch.allclose(t, ref, atol=2e-3), f"{name}: max diff {float((t - ref).abs().max())}"
+
+
+def test_path_input_and_jpeg(tmp_path, scan_u8):
+    p = tmp_path / "slice.jpg"
+    Image.fromarray(scan_u8).save(p, quality=95)
+    pre = preprocess(p, SPEC)
+    ref = preprocess(scan_u8, SPEC)
+    assert pre.image.shape == (96, 96)
+    assert np.abs(pre.image - ref.image).mean() < 0.02  # JPEG is lossy
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (150, 300), (512, 512), (700, 450), (1920, 1080)])
+def test_any_size_gives_model_size(shape, rng):
+    from core.synthetic import fake_scan
+
+    img = np.array(Image.fromarray(fake_scan(rng, 256, 0)).resize(shape[::-1]))
+    pre = preprocess(img, SPEC)
+    assert pre.image.shape == (96, 96)
+    assert 0.0 <= pre.image.min() and pre.image.max() <= 1.0
+    assert pre.original_size == (shape[1], shape[0])
+
+
+def test_crop_finds_head_and_ignores_padding(scan_u8):
+    padded = np.zeros((600, 400), np.uint8)
+    padded[100:356, 50:306] = scan_u8
+    pre = preprocess(padded, SPEC)
+    assert pre.crop_found
+    x0, y0, x1, y1 = pre.crop_box
+    # the head ellipse spans roughly the middle 80 % of the 256 px scan
+    assert 50 <= x0 < 120 and 100 <= y0 < 170 and 240 < x1 <= 306 and 290 < y1 <= 356
+    # same content, different framing -> nearly the same model input
+    assert np.abs(pre.image - preprocess(scan_u8, SPEC).image).mean() < 0.03
+
+
+def test_crop_falls_back_on_blank_and_noise(rng):
+    blank = preprocess(np.zeros((128, 128), np.uint8), SPEC)
+    assert blank.blank and not blank.crop_found and blank.crop_box == (0, 0, 128, 128)
+    assert np.all(blank.image == 0)
+    noise = preprocess(rng.integers(0, 256, (128, 128), dtype=np.uint8), SPEC)
+    assert noise.image.shape == (96, 96)
+
+
+def test_intensity_scaling_is_contrast_invariant(scan_u8):
+    dim = (scan_u8.astype(np.float32) * 0.3).astype(np.uint8)
+    a, b = preprocess(scan_u8, SPEC).image, preprocess(dim, SPEC).image
+    assert np.abs(a - b).mean() < 0.02
+
+
+def test_map_to_original_round_trip(scan_u8):
+    padded = np.zeros((300, 500), np.uint8)
+    padded[20:276, 200:456] = scan_u8
+    pre = preprocess(padded, SPEC)
+    hm = np.zeros((96, 96), np.float32)
+    hm[48, 48] = 1.0
+    full = map_to_original(hm, pre)
+    assert full.shape == (300, 500)
+    y, x = np.unravel_index(full.argmax(), full.shape)
+    x0, y0, x1, y1 = pre.crop_box
+    assert x0 <= x < x1 and y0 <= y < y1
+    assert full[:, :x0].max() == 0  # outside the crop stays empty
+
+
+def test_spec_round_trips_through_dict():
+    spec = PreprocessSpec(image_size=128, mean=0.3, std=0.2)
+    assert PreprocessSpec.from_dict(spec.to_dict() | {"unknown": 1}) == spec
+
+
+def test_decode_reports_colour(scan_u8):
+    rgb = np.repeat(scan_u8[..., None], 3, axis=2)
+    assert decode_image(rgb).colourfulness < 0.01
+    rgb[..., 0] = 255
+    assert decode_image(rgb).colourfulness > 0.1

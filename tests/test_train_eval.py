@@ -1,0 +1,103 @@
+"""train.py --dry-run end to end, the evaluation command, and the metric set."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from core.calibration import fit_temperature, reliability, softmax
+from core.evaluate import main as evaluate_main
+from core.metrics import evaluate_predictions
+from tests.conftest import REPO
+
+
+def test_dry_run_cli_writes_weights_card_and_metrics(tmp_path):
+    out = tmp_path / "w"
+    res = subprocess.run([sys.executable, "train.py", "--dry-run", "--out", str(out), "--workers", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model_card.json", "metrics.json", "data_audit.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["sets"]) == {"testing_full", "testing_leak_free", "validation"}
+    full = metrics["sets"]["testing_full"]
+    for key in ("confusion_matrix", "per_class", "accuracy_ci95", "macro_f1_ci95", "roc_auc", "ece", "misclassified"):
+        assert key in full
+    assert np.array(full["confusion_matrix"]).sum() == full["n"]
+    assert "auroc_testing_vs_non_mri" in metrics["ood"]
+
+
+def test_help_shows_defaults():
+    res = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    flat = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "augmentation (default: 42)" in flat and "--dry-run" in flat
+
+
+def test_missing_training_folder_is_a_clear_error(tmp_path):
+    res = subprocess.run([sys.executable, "train.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "training folder not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_command_on_a_labelled_folder(tmp_path, tiny_bundle_dir, rng):
+    from PIL import Image
+
+    from core.synthetic import fake_scan
+
+    for k, name in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):
+        (tmp_path / "lab" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(fake_scan(rng, 150, k)).save(tmp_path / "lab" / name / f"{i}.png")
+    (tmp_path / "lab" / "glioma" / "bad.png").write_bytes(b"")
+    out = tmp_path / "m.json"
+    assert evaluate_main([str(tmp_path / "lab"), "--weights", str(tiny_bundle_dir), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["n"] == 12 and len(m["unreadable"]) == 1 and "empty" in m["unreadable"][0]["error"]
+
+
+def test_metrics_match_known_answers():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.9 + 0.1 / 3
+    m = evaluate_predictions(labels, probs, ["a", "b", "c"], [f"f{i}" for i in range(6)], n_boot=200)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["b"]["recall"] == 1.0
+    lo, hi = m["accuracy_ci95"]
+    assert 0 <= lo <= m["accuracy"] <= hi <= 1
+    assert {x["file"] for x in m["misclassified"]} == {"f1", "f5"}
+
+
+def test_temperature_scaling_reduces_ece():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 4000)
+    logits = rng.normal(0, 1, (4000, 4))
+    logits[np.arange(4000), labels] += 2.0
+    over = logits * 4  # an over-confident model
+    t = fit_temperature(over, labels)
+    assert t > 1.5  # an over-confident model is cooled down
+    assert reliability(softmax(over, t), labels)["ece"] < reliability(softmax(over), labels)["ece"] / 3
+
+
+def test_class_count_comes_from_folder_names(tmp_path, rng):
+    """The same code trains e.g. the 44-class variant: here 6 classes from 6 folders."""
+    import train
+    from PIL import Image
+
+    from core.synthetic import fake_scan
+
+    names = [f"{t}_{s}" for t in ("glioma", "meningioma") for s in ("T1", "T1C+", "T2")]
+    for split, n in (("Training", 6), ("Testing", 2)):
+        for k, name in enumerate(names):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(fake_scan(rng, 100, k)).save(tmp_path / split / name / f"{i}.png")
+    out = tmp_path / "w"
+    assert train.main(["--data-root", str(tmp_path), "--out", str(out), "--epochs", "1", "--max-steps", "1",
+                       "--image-size", "64", "--workers", "1", "--cache-dir", str(tmp_path / "c"),
+                       "--val-fraction", "0.34"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["class_names"] == sorted(names) and card["architecture"]["num_classes"] == 6
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.array(metrics["sets"]["testing_full"]["confusion_matrix"]).shape == (6, 6)

@@ -1,0 +1,152 @@
+"""Process-wide resources (model, audit trail) and the sidebar shared by every page.
+
+``bootstrap()`` runs in the entry script (``streamlit_app.py``) on every rerun,
+before the page: widgets created there keep their state across pages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app_config import AppConfig, ConfigError, load_config
+from core.audit_trail import AuditTrail
+from core.checkpoint import CARD_FILE, load_bundle
+from core.device import select_device
+from core.errors import CheckpointError
+from core.predictor import Predictor
+
+RESEARCH_NOTICE = "Research use only — not for diagnosis."
+RESEARCH_DETAIL = ("This tool classifies single 2-D brain MRI slices for research and review. It is not a "
+                   "medical device and its output must not be used for clinical decisions.")
+_CTX_KEY = "_app_ctx"
+
+
+@dataclass
+class AppContext:
+    config: AppConfig
+    predictor: Predictor
+    audit: AuditTrail | None
+    uncertain_below: float
+    upload_limit_mb: int
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.predictor.class_names)
+
+    @property
+    def model_info(self) -> dict:
+        b = self.predictor.bundle
+        return {"model_name": b.name, "model_version": b.version, "model_sha256": b.sha256}
+
+
+def _file_stamp(folder: Path) -> tuple:
+    """Modification stamps of the model files: a new or changed model gets a new cache entry."""
+    out = []
+    for name in (CARD_FILE, "model.safetensors"):
+        p = folder / name
+        try:
+            s = p.stat()
+            out.append((name, s.st_mtime_ns, s.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=4)
+def load_predictor(weights_dir: str, device: str, stamp: tuple) -> Predictor:
+    """Load + verify the bundle and build the predictor. Exceptions are not cached by Streamlit,
+    so a fixed weights folder is picked up on the next rerun."""
+    del stamp  # only part of the cache key
+    return Predictor(load_bundle(weights_dir), select_device(device))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def get_audit(path: str) -> AuditTrail:
+    return AuditTrail(path)
+
+
+def upload_limit_mb() -> int:
+    try:
+        return int(st.get_option("server.maxUploadSize"))
+    except Exception:  # noqa: BLE001 - option missing in odd test contexts
+        return 200
+
+
+def research_banner() -> None:
+    st.caption(f":orange-badge[:material/science: {RESEARCH_NOTICE}]  Model output is for research review; "
+               "a radiologist makes every clinical call.")
+
+
+def _sidebar_model(predictor: Predictor) -> None:
+    b = predictor.bundle
+    with st.sidebar.container(border=True):
+        st.markdown(f"**Model** · `{b.name}`")
+        precision = getattr(predictor, "precision", None)
+        st.markdown(f"Version **{b.version}** · device **{predictor.device.type}**"
+                    + (f" · {precision}" if precision else ""))
+        st.markdown(f"SHA-256 `{b.sha256[:12]}`", help=f"Full SHA-256 of the weights file: {b.sha256}")
+
+
+def bootstrap() -> AppContext:
+    """Load config + model and draw the sidebar. On failure: a clear ``st.error`` and ``st.stop()``."""
+    st.sidebar.markdown("### :material/neurology: MRI slice review")
+    st.sidebar.warning(f"**{RESEARCH_NOTICE}** {RESEARCH_DETAIL}", icon=":material/science:")
+    research_banner()
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        st.error(f"The app configuration is invalid: {exc}", icon=":material/settings_alert:")
+        st.stop()
+    weights = Path(config.weights_dir)
+    try:
+        predictor = load_predictor(str(weights), config.device, _file_stamp(weights))
+    except CheckpointError as exc:
+        st.sidebar.error("No model loaded.", icon=":material/error:")
+        st.error(f"**The model could not be loaded, so no predictions can be made.**\n\n{exc}\n\n"
+                 f"Model folder: `{weights}` (set `MRI_WEIGHTS_DIR` or `weights_dir` in the app config). "
+                 "Restore the original weights or retrain with `python train.py`.", icon=":material/gpp_bad:")
+        st.stop()
+    except ValueError as exc:  # device not available
+        st.error(f"**The compute device could not be used:** {exc}", icon=":material/memory:")
+        st.stop()
+    except Exception as exc:  # noqa: BLE001 - never a traceback in the page
+        st.error(f"**The model could not be loaded:** {type(exc).__name__}: {exc}", icon=":material/error:")
+        st.stop()
+    _sidebar_model(predictor)
+    threshold = st.sidebar.slider(
+        "Uncertain below confidence", 0.0, 1.0, float(config.uncertain_below), 0.01, key="uncertain_below",
+        help="Predictions whose calibrated confidence is under this value are marked 'uncertain' "
+             "and should be reviewed by hand. Applies to single scans and to new batch runs.")
+    audit = None
+    try:
+        audit = get_audit(str(config.audit_path))
+        st.sidebar.caption(f":material/history: Audit trail: {audit.count()} predictions logged "
+                           "(see *Model metrics* → Audit trail)")
+    except Exception as exc:  # noqa: BLE001 - an unwritable data folder must not take the app down
+        st.sidebar.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
+    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb())
+    st.session_state[_CTX_KEY] = ctx
+    return ctx
+
+
+def current() -> AppContext:
+    """The context set up by the entry script for this run (or set it up now)."""
+    ctx = st.session_state.get(_CTX_KEY)
+    return ctx if isinstance(ctx, AppContext) else bootstrap()
+
+
+# Session keys shared between pages.
+BATCH_KEY = "batch_job"  # ui.batch_job.BatchJob of the last batch review
+SELECTED_KEY = "selected_file"  # {"path": str, "label": str} chosen on the batch page for the single-scan view
+SINGLE_PAGE = "pages/1_Single_scan.py"
+BATCH_PAGE = "pages/2_Batch_review.py"
+METRICS_PAGE = "pages/3_Model_metrics.py"
+
+
+def open_in_single_scan(path: str | Path, label: str) -> None:
+    """Show a batch file on the single-scan page."""
+    st.session_state[SELECTED_KEY] = {"path": str(path), "label": label}
+    st.session_state["single_source"] = "From the last batch review"
+    st.switch_page(SINGLE_PAGE)

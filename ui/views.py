@@ -1,0 +1,213 @@
+"""Streamlit drawing functions shared by pages: thumbnail galleries and metrics views."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import ImageLoadError
+from core.predictor import Predictor
+from core.preprocess import preprocess
+from ui import charts
+from ui.imaging import grey_to_rgb, png_bytes, thumbnail, to_uint8
+
+THUMB_SIDE = 200
+GALLERY_COLUMNS = 6
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        s = Path(path).stat()
+        return (s.st_mtime_ns, s.st_size)
+    except OSError:
+        return (None, None)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model_sha: str, opacity: float,
+            colormap: str, side: int, _predictor: Predictor) -> list[bytes | str]:
+    """PNG thumbnails (with heatmap overlays when ``cam_method``) or an error message per file."""
+    del stamps, model_sha  # cache key only
+    from core.cam import compute_cams, overlay
+
+    items, slots, out = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            items.append(preprocess(p, _predictor.spec))
+            slots.append(i)
+            out.append(b"")
+        except ImageLoadError as exc:
+            out.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not break the gallery
+            out.append(f"{Path(p).name}: {type(exc).__name__}: {exc}")
+    cams = compute_cams(_predictor, items, None, cam_method) if (cam_method and items) else [None] * len(items)
+    for i, item, cam in zip(slots, items, cams):
+        img = (overlay(item, cam.heatmap, opacity, colormap) if cam is not None
+               else grey_to_rgb(to_uint8(item.decoded.pixels)))
+        out[i] = png_bytes(thumbnail(img, side))
+    return out
+
+
+def thumbnails(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
+               opacity: float = 0.45, colormap: str = "jet", side: int = THUMB_SIDE) -> list[bytes | str]:
+    ps = tuple(str(p) for p in paths)
+    return _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity), colormap,
+                   int(side), predictor)
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
+def folder_choices(roots: tuple[str, ...]) -> list[str]:
+    """Folders offered by the batch/re-evaluate folder pickers (refreshed every 30 s)."""
+    from ui.batch_job import list_subfolders
+
+    return list_subfolders(roots)
+
+
+def pager(n_items: int, page_size: int, key: str) -> tuple[int, int]:
+    """A page selector; returns the [start, stop) slice of the current page."""
+    pages = max(1, math.ceil(n_items / page_size))
+    if st.session_state.get(key, 1) > pages:
+        st.session_state[key] = pages
+    c1, c2 = st.columns([1, 4], vertical_alignment="bottom")
+    page = c1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key=key)
+    start = (int(page) - 1) * page_size
+    stop = min(n_items, start + page_size)
+    c2.caption(f"Showing {start + 1 if n_items else 0}–{stop} of {n_items:,}")
+    return start, stop
+
+
+def gallery(items: Sequence[dict], images: Sequence[bytes | str], key: str,
+            on_open: Callable[[dict], None] | None = None, columns: int = GALLERY_COLUMNS) -> None:
+    """Grid of thumbnails; ``items``: dicts with 'title' and 'caption' (markdown); an 'Open'
+    button per item calls ``on_open(item)`` when given."""
+    for r0 in range(0, len(items), columns):
+        cols = st.columns(columns)
+        for col, item, img in zip(cols, items[r0:r0 + columns], images[r0:r0 + columns]):
+            with col.container(border=True):
+                if isinstance(img, bytes) and img:
+                    st.image(img, width="stretch")
+                else:
+                    msg = str(img) or "no image"
+                    st.markdown(":red[:material/broken_image: **cannot be read**]", help=msg)
+                    st.caption(msg if len(msg) <= 90 else msg[:87] + "…")
+                st.markdown(item["caption"])
+                st.caption(item["title"])
+                if on_open is not None and st.button("Open", key=f"{key}_open_{item['title']}", width="stretch",
+                                                     icon=":material/open_in_new:"):
+                    on_open(item)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def _ci(ci: Sequence[float] | None) -> str:
+    if not ci or len(ci) != 2 or ci[0] is None:
+        return ""
+    return f"95% CI {ci[0]:.1%} – {ci[1]:.1%}"
+
+
+def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description: str | None = None) -> None:
+    """Headline numbers, confusion matrix, per-class table, ROC and reliability for one evaluation set."""
+    if not m or not m.get("n"):
+        st.info("No images were evaluated for this set.")
+        return
+    if description:
+        st.caption(description)
+    c = st.columns(5)
+    c[0].metric("Images", f"{int(m['n']):,}")
+    c[1].metric("Accuracy", f"{m.get('accuracy', float('nan')):.1%}", help=_ci(m.get("accuracy_ci95")) or None)
+    c[1].caption(_ci(m.get("accuracy_ci95")))
+    c[2].metric("Macro-F1", f"{m.get('macro_f1', float('nan')):.3f}",
+                help="Unweighted mean of the per-class F1 scores.")
+    mf = m.get("macro_f1_ci95")
+    c[2].caption(f"95% CI {mf[0]:.3f} – {mf[1]:.3f}" if mf and mf[0] is not None else "")
+    ece, ece_u = m.get("ece"), m.get("ece_uncalibrated")
+    c[3].metric("ECE (calibrated)", f"{ece:.3f}" if ece is not None else "–",
+                delta=f"{ece - ece_u:+.3f} vs uncalibrated" if ece is not None and ece_u is not None else None,
+                delta_color="inverse", help="Expected calibration error: lower is better.")
+    c[4].metric("Flagged out-of-distribution", f"{int(m.get('ood_flagged', 0) or 0):,}")
+    if m.get("unreadable"):
+        st.warning(f"{len(m['unreadable'])} file(s) could not be read and were left out.")
+
+    left, right = st.columns(2)
+    with left:
+        norm = st.toggle("Row-normalised", value=False, key=f"{key}_cm_norm",
+                         help="Off: counts. On: each row divided by the true-class total (recall on the diagonal).")
+        st.plotly_chart(charts.confusion_matrix_fig(m["confusion_matrix"], class_names, normalise=norm,
+                                                    title="Confusion matrix" + (" (row-normalised)" if norm else "")),
+                        key=f"{key}_cm", config={"displayModeBar": False})
+    with right:
+        st.markdown("**Per-class precision / recall / F1**")
+        table = charts.per_class_table(m.get("per_class", {}), class_names)
+        st.dataframe(table, width="stretch", key=f"{key}_per_class", column_config={
+            "precision": st.column_config.NumberColumn(format="%.3f"),
+            "recall": st.column_config.NumberColumn(format="%.3f"),
+            "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+            "support": st.column_config.NumberColumn(format="%d")})
+        st.caption("Support: number of images of that class in this set.")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**ROC curves (one class vs rest)**")
+        st.plotly_chart(charts.roc_fig(m.get("roc_curves", {}), m.get("roc_auc", {}), class_names),
+                        key=f"{key}_roc", config={"displayModeBar": False})
+    with right:
+        st.markdown("**Reliability diagram — before and after calibration**")
+        st.plotly_chart(charts.reliability_fig(m.get("calibration", {}),
+                                               {"calibrated": m.get("ece"), "uncalibrated": m.get("ece_uncalibrated")}),
+                        key=f"{key}_rel", config={"displayModeBar": False})
+
+
+def audit_summary_view(summary: dict, report: dict | None) -> None:
+    """Duplicates and train/test leakage found by the data audit."""
+    if not summary and not report:
+        st.info("No data-audit summary in the metrics file.")
+        return
+    s = summary or {}
+    cross = s.get("cross_split", {})
+    t_in_tr = cross.get("Testing_in_Training", {})
+    c = st.columns(4)
+    c[0].metric("Exact duplicate files", f"{s.get('exact_duplicate_files', 0):,}",
+                help=f"{s.get('exact_duplicate_groups', 0)} groups of byte-identical images")
+    c[1].metric("Exact or near duplicates", f"{s.get('duplicate_files_exact_or_near', 0):,}",
+                help=f"{s.get('duplicate_groups_exact_or_near', 0)} groups; near = perceptual hash within "
+                     f"{s.get('near_duplicate_max_hamming_bits', '?')} bits")
+    c[2].metric("Testing images also in Training", f"{t_in_tr.get('Testing_files_with_exact_or_near_copy_in_Training', 0):,}",
+                help=f"exact copies: {t_in_tr.get('Testing_files_with_exact_copy_in_Training', 0)}")
+    c[3].metric("Label conflicts", f"{s.get('label_conflict_groups', 0):,}",
+                help="Groups of duplicate images filed under different classes")
+    if report and report.get("splits"):
+        rows = []
+        for split, info in report["splits"].items():
+            row = {"split": split, "files": info.get("files"), "unreadable": info.get("unreadable")}
+            row.update({f"{k}": v for k, v in (info.get("per_class") or {}).items()})
+            rows.append(row)
+        st.dataframe(pd.DataFrame(rows).set_index("split"), width="stretch", key="audit_splits")
+    with st.expander("Full data-audit report (JSON)"):
+        st.json(report or summary, expanded=1)
+
+
+def model_card_view(card: dict) -> None:
+    arch = card.get("architecture", {})
+    training = card.get("training", {})
+    c = st.columns(4)
+    c[0].metric("Architecture", str(arch.get("name", "?")))
+    params = arch.get("parameters")
+    c[1].metric("Parameters", f"{params / 1e6:.2f} M" if isinstance(params, (int, float)) else "?")
+    c[2].metric("Input", f"{card.get('input_spec', {}).get('image_size', '?')} px, "
+                         f"{card.get('input_spec', {}).get('channels', '?')} ch")
+    c[3].metric("Temperature", f"{card.get('calibration', {}).get('temperature', float('nan')):.3g}")
+    st.markdown(f"**Intended use.** {card.get('intended_use', '–')}")
+    st.markdown("**Training command**")
+    st.code(training.get("command", "–"), language="bash")
+    fp = training.get("data_fingerprint") or {}
+    if fp:
+        st.markdown("**Data fingerprint** (SHA-256 over the file list and contents of each split)")
+        st.dataframe(pd.DataFrame({"split": list(fp), "fingerprint": list(fp.values())}), hide_index=True,
+                     width="stretch", key="card_fingerprint")
+    facts = {k: training.get(k) for k in ("seed", "device", "epochs_run", "best_epoch", "train_files", "val_files")
+             if training.get(k) is not None}
+    if facts:
+        st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))
+    with st.expander("Full model card (JSON)"):
+        st.json(card, expanded=1)

@@ -13,6 +13,7 @@ browsable folders      ``allowed_roots`` (list)    ``MRI_ALLOWED_ROOTS`` (``os.p
                                                    default: the current directory)
 app data (audit DB)    ``data_dir``                ``MRI_APP_DATA`` (default: ``data/``)
 compute device         ``device``                  ``MRI_DEVICE`` (auto, cpu, cuda, mps)
+inference precision    ``precision``               ``MRI_PRECISION`` (fp32 default; auto, amp, bf16, fp16, int8)
 labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassified gallery)
 uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
 gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
@@ -45,6 +46,10 @@ class AppConfig:
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
     data_dir: Path = REPO / "data"
     device: str = "auto"
+    # fp32 by default: with core's int8 CPU fast path the penultimate features shift, so the
+    # out-of-distribution score (calibrated on fp32 features) flags most real slices. Set
+    # "auto" once the OOD threshold holds for int8 too.
+    precision: str = "fp32"
     dataset_root: Path | None = None
     uncertain_below: float = 0.6
     gallery_page_size: int = 24
@@ -100,7 +105,7 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
     elif env.get("MRI_APP_CONFIG"):
         raise ConfigError(f"app config {path} (from MRI_APP_CONFIG) does not exist")
     env_map = {"MRI_WEIGHTS_DIR": "weights_dir", "MRI_ALLOWED_ROOTS": "allowed_roots", "MRI_APP_DATA": "data_dir",
-               "MRI_DEVICE": "device", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
+               "MRI_DEVICE": "device", "MRI_PRECISION": "precision", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
                "MRI_GALLERY_PAGE_SIZE": "gallery_page_size"}
     for var, key in env_map.items():
         if env.get(var):
@@ -122,6 +127,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
             kwargs["dataset_root"] = _paths([values["dataset_root"]], base)[0]
         if "device" in values:
             kwargs["device"] = str(values["device"]).strip().lower() or "auto"
+        if "precision" in values:
+            kwargs["precision"] = str(values["precision"]).strip().lower() or "fp32"
         if "uncertain_below" in values:
             kwargs["uncertain_below"] = float(values["uncertain_below"])
             if not 0.0 <= kwargs["uncertain_below"] <= 1.0:

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output model folder (default: weights/, or a temp folder with --dry-run)")
     p.add_argument("--arch", default="slimresnet", help="slimresnet or resnet18")
     p.add_argument("--pretrained", action="store_true", help="ImageNet init via torchvision's weights API (internet)")
+    p.add_argument("--init-from", default=None,
+                   help="model folder to continue training from (same arch, classes and input spec); "
+                        "its SHA-256 and command are recorded in the new card")
     p.add_argument("--image-size", type=int, default=160, help="model input side in pixels")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs")
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation improvement")
@@ -262,9 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     t_idx, v_idx = leak_free_split(labels[usable], list(tr_groups[usable]), args.val_fraction, args.seed)
     train_idx, val_idx = usable[t_idx], usable[v_idx]
     assert not set(tr_groups[train_idx]) & set(tr_groups[val_idx]), "a duplicate group straddles train/val"
-    pix = tr_images[train_idx].astype(np.float32) / 255
-    spec = replace(spec, mean=round(float(pix.mean()), 5), std=round(float(pix.std()), 5))
-    del pix
+    parent = load_bundle(args.init_from) if args.init_from else None
+    if parent is not None:
+        if (parent.class_names != class_names or parent.card["architecture"]["name"] != args.arch
+                or parent.spec.image_size != args.image_size):
+            print(f"error: {args.init_from} has classes {parent.class_names}, arch "
+                  f"{parent.card['architecture']['name']}, image size {parent.spec.image_size}; expected "
+                  f"{class_names}, {args.arch}, {args.image_size}", file=sys.stderr)
+            return 2
+        spec = parent.spec  # continue with exactly the parent's input contract
+    else:
+        pix = tr_images[train_idx].astype(np.float32) / 255
+        spec = replace(spec, mean=round(float(pix.mean()), 5), std=round(float(pix.std()), 5))
+        del pix
     print(f"classes {class_names}; train {len(train_idx)}, val {len(val_idx)}; spec {spec}", flush=True)
 
     try:
@@ -272,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     except PretrainedUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if parent is not None:
+        model.load_state_dict(parent.model.state_dict())
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     images_t = torch.from_numpy(tr_images)
@@ -300,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 "threshold": ood.threshold, "threshold_percentile_of_validation": args.ood_percentile},
         "training": {
             "command": command, "seed": args.seed, "device": str(device), "dry_run": args.dry_run,
+            "init_from": None if parent is None else {"sha256": parent.sha256,
+                                                      "command": parent.card.get("training", {}).get("command"),
+                                                      "epochs_run": parent.card.get("training", {}).get("epochs_run")},
             "data_root": str(root), "train_dir": args.train_dir, "test_dir": args.test_dir,
             "data_fingerprint": {s: audit["splits"][s]["fingerprint"] for s in splits},
             "train_files": int(len(train_idx)), "val_files": int(len(val_idx)),

@@ -22,10 +22,11 @@ from core.preprocess import Preprocessed, preprocess, to_model_tensor
 from core.quantize import CALIBRATION_FILE, FeaturesAndLogits, int8_supported, load_calibration, quantize
 
 # What ``precision`` may be. "auto" resolves per device: cuda/mps -> mixed precision
-# (bf16 where supported, else fp16); cpu -> int8 when an int8 calibration for these
-# exact weights exists (``core.quantize``), else fp32. Measured by ``python -m bench``
-# (README "Benchmarks"): on the 2-core AVX-512 CPU int8 is ~4x fp32 per forward and
-# keeps Testing accuracy within 0.2 points.
+# (bf16 where supported, else fp16); cpu -> bf16 autocast where the CPU computes bf16
+# natively (AVX-512 BF16 / AMX), else fp32. Measured by ``python -m bench`` (README
+# "Benchmarks"): on the 2-core AVX-512 BF16 CPU bf16 runs the forward pass ~2x faster
+# than fp32 with identical Testing accuracy and OOD flags. "int8" (``core.quantize``)
+# is faster still but shifts the OOD scores, so it is an explicit opt-in only.
 PRECISIONS = ("auto", "fp32", "amp", "bf16", "fp16", "int8")
 
 
@@ -47,21 +48,39 @@ class Prediction:
         return self.confidence < threshold
 
 
+def cpu_has_native_bf16() -> bool:
+    """bf16 convolutions in hardware (AVX-512 BF16 or AMX) and in this torch's oneDNN.
+
+    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is slower than
+    fp32, so the CPU flags decide (Linux /proc/cpuinfo; elsewhere: False -> fp32).
+    """
+    try:
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except (OSError, AttributeError, RuntimeError):
+        pass
+    return False
+
+
 class Predictor:
     """Serve a :class:`ModelBundle` on ``device``.
 
     Args:
         bundle: loaded model and card.
         device: where to run; passed in, never guessed here.
-        precision: "auto" (see :data:`PRECISIONS`: mixed precision on GPU, int8 on CPU
-            when calibrated for these weights, else fp32), or an override: "fp32",
-            "amp" (the device's autocast dtype; fp32 on CPU), "bf16", "fp16" or "int8"
-            (CPU only; needs ``int8_calibration``).
+        precision: "auto" (see :data:`PRECISIONS`: mixed precision on GPU, bf16 on a
+            CPU with native bf16, else fp32), or an override: "fp32", "amp" (the
+            device's autocast dtype; fp32 on CPU), "bf16", "fp16" or "int8" (CPU only,
+            opt-in; needs an int8 calibration, see ``core.quantize``).
         batch_size: images per forward pass for callers that chunk (``core.pipeline``, the dashboard).
         compile: wrap the inference module in ``torch.compile`` (off by default: on the
             CPU it was slower and costs ~30 s of compilation; bench reports it on GPU).
-        int8_calibration: path of an ``int8_calibration.safetensors``; default: the one
-            beside the shipped weights, used only if it was made for these weights.
+        int8_calibration: with precision "int8": path of an ``int8_calibration.safetensors``;
+            default: the one beside the shipped weights, used only if made for these weights.
 
     ``model`` stays the fp32 eager network (Grad-CAM differentiates it); predictions
     run through :attr:`infer`, which maps a standardised batch to (logits, features).
@@ -85,10 +104,10 @@ class Predictor:
         self.ood = bundle.ood.to(device) if bundle.ood is not None else None
 
         calibration = None
-        if precision in ("auto", "int8") and device.type == "cpu" and int8_supported():
+        if precision == "int8" and device.type == "cpu" and int8_supported():
             calibration = self._find_int8_calibration(int8_calibration)
         if precision == "auto":
-            precision = "amp" if device.type in ("cuda", "mps") else ("int8" if calibration is not None else "fp32")
+            precision = "amp" if device.type in ("cuda", "mps") else ("bf16" if cpu_has_native_bf16() else "fp32")
         if precision == "int8":
             if device.type != "cpu":
                 raise ValueError("precision 'int8' runs on the CPU only; use 'auto', 'amp' or 'fp32' on a GPU")

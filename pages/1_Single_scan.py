@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.cam import CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
 from core.errors import ImageLoadError
-from core.image_io import DecodeLimits, read_source_bytes
+from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
 from ui import charts, state
 from ui.imaging import draw_peak_marker, grey_to_rgb, png_bytes, to_uint8
 from ui.results import Analysis, analyse_bytes, explain, record_csv, record_json, result_record
@@ -51,7 +51,7 @@ def pick_source() -> tuple[bytes, str] | None:
         if rel is None:
             return None
         try:
-            data, _ = read_source_bytes(job.abs_path(rel), limits)
+            data, _ = read_source_bytes(job.abs_path(rel), DEFAULT_LIMITS)  # same limits as the batch run
         except ImageLoadError as exc:
             st.error(str(exc), icon=":material/broken_image:")
             return None
@@ -87,6 +87,7 @@ def get_analysis(data: bytes, name: str) -> Analysis:
                              cam_method=st.session_state.get("cam_method", "gradcam"))
         except Exception as exc:  # noqa: BLE001 - logging must not hide the result
             st.warning(f"The prediction could not be written to the audit trail: {exc}")
+        state.show_audit_count(ctx)
     cache[key] = analysis
     while len(cache) > MAX_CACHED:
         cache.popitem(last=False)
@@ -169,7 +170,7 @@ with right:
     st.plotly_chart(charts.probability_bar(pred.probabilities, pred.label, threshold), key="prob_chart",
                     config={"displayModeBar": False})
     st.markdown("**File**")
-    st.dataframe(pd.DataFrame({"": ["name", "format", "size", "SHA-256", "OOD score"],
+    st.dataframe(pd.DataFrame({"field": ["name", "format", "size", "SHA-256", "OOD score"],
                                "value": [name, f"{analysis.decoded.source_format} ({analysis.decoded.original_mode}, "
                                          f"{analysis.decoded.bit_depth}-bit)", f"{w}×{h} px",
                                          analysis.file_sha256[:16] + "…", f"{pred.ood_score:.1f}"]}),

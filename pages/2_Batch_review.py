@@ -20,6 +20,8 @@ st.title("Batch review")
 st.caption("Review a whole folder of slices. Files stream through the model; a file that cannot be read "
            "becomes an error row and never stops the run.")
 job: BatchJob | None = st.session_state.get(state.BATCH_KEY)
+if job is not None and job.running and st.session_state.get("batch_stop"):  # Stop was pressed: this run
+    job.cancel(wait=30)  # waits for the row in flight, so the count shown is final
 busy = job is not None and job.running
 
 
@@ -46,8 +48,9 @@ def new_job() -> BatchJob | None:
                                      help=f"Each file at most {ctx.upload_limit_mb} MB.")
             st.caption(f":material/upload_file: Several files at once, each up to **{ctx.upload_limit_mb} MB**.")
             folder = None
-        if not st.button("Start review", type="primary", icon=":material/play_arrow:", key="batch_start",
-                         disabled=busy):
+        clicked = st.button("Start review", type="primary", icon=":material/play_arrow:", key="batch_start",
+                            disabled=busy, help="Stop the running review first." if busy else None)
+        if not clicked or busy:
             return None
     if mode == FOLDER:
         if not (folder or "").strip():
@@ -92,19 +95,17 @@ if job is not None and job.running:
     with panel.container(border=True):
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         c1.markdown(f":material/progress_activity: **Reviewing** `{job.label}`")
-        stop = c2.button("Stop", icon=":material/stop_circle:", key="batch_stop", width="stretch")
-        if stop:
-            job.cancel(wait=30)
-        else:
-            bar = st.progress(job.fraction, text=job.progress_text())
-            last = 0.0
-            while job.running:
-                job.step()
-                now = time.monotonic()
-                if now - last > 0.2 or not job.running:
-                    bar.progress(job.fraction, text=job.progress_text())
-                    last = now
+        c2.button("Stop", icon=":material/stop_circle:", key="batch_stop", width="stretch")  # handled at the top
+        bar = st.progress(job.fraction, text=job.progress_text())
+        last = 0.0
+        while job.running:
+            job.step()
+            now = time.monotonic()
+            if now - last > 0.2 or not job.running:
+                bar.progress(job.fraction, text=job.progress_text())
+                last = now
     panel.empty()
+    state.show_audit_count(ctx)
 
 if job is None:
     st.info("Choose a folder or upload files, then press **Start review**.", icon=":material/info:")

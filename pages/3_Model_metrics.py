@@ -144,6 +144,9 @@ if tab_open("Re-evaluate"):
     with tabs["Re-evaluate"]:
         st.markdown("Run the same evaluation as `train.py` on a labelled folder: one sub-folder per class "
                     f"({', '.join(f'`{n}`' for n in names)}).")
+        st.selectbox("Pick a folder", views.folder_choices(tuple(map(str, ctx.config.allowed_roots))), index=None,
+                     key="reeval_pick", placeholder="Browse the allowed folders or type a path below",
+                     on_change=lambda: st.session_state.update(reeval_folder=st.session_state["reeval_pick"] or ""))
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         folder = c1.text_input("Labelled folder", key="reeval_folder", placeholder="e.g. data/brain-tumor-mri/Testing")
         go = c2.button("Evaluate", type="primary", icon=":material/play_arrow:", key="reeval_start", width="stretch")

@@ -58,6 +58,7 @@ def test_upload_gives_prediction_heatmap_and_downloads(app_env):
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Overlay PNG", "Result JSON", "Result CSV"]
     assert audit_count(app_env) == before + 1
+    assert any(f"{before + 1} prediction" in c.value for c in at.sidebar.caption)  # sidebar line is current
     # changing only the view (opacity, CAM method, target class) re-explains but does not re-predict or re-log
     at.slider(key="cam_opacity").set_value(0.8).run()
     at.selectbox(key="cam_method").set_value("gradcam++").run()

@@ -191,3 +191,23 @@ def test_image_helpers():
     assert thumbnail(np.zeros((50, 50), np.uint8), 200).shape == (50, 50)
     assert to_uint8(np.array([[0.0, 1.0, np.nan]])).tolist() == [[0, 255, 0]]
     assert png_bytes(np.zeros((4, 4), np.uint8)).startswith(b"\x89PNG")
+
+
+def test_list_subfolders_stays_inside_roots(tmp_path):
+    from ui.batch_job import list_subfolders
+
+    root = tmp_path / "root"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (tmp_path / "outside").mkdir()
+    (root / "escape").symlink_to(tmp_path / "outside")
+    found = list_subfolders([root], depth=2)
+    assert found == [str(root), str(root / "a"), str(root / "a" / "b")]
+    assert len(list_subfolders([root], depth=5, limit=2)) == 2
+
+
+def test_config_precision(tmp_path):
+    from app_config import load_config
+
+    assert load_config(env={}, config_file=tmp_path / "none.toml").precision == "fp32"
+    assert load_config(env={"MRI_PRECISION": "AUTO"}, config_file=tmp_path / "none.toml").precision == "auto"

@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SHOTS = Path(os.environ.get("E2E_ARTIFACTS", REPO / "artifacts")) / "screenshots"
 WAIT_MS = 120_000  # two busy CPU cores on CI: be patient, but finite
 PER_CLASS = 3
+MANY = 800
 
 
 def _free_port() -> int:
@@ -48,6 +49,13 @@ def app_files(tiny_bundle_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     env = make_app_env(tmp, tiny_bundle_dir)
     make_labelled_folder(env.root / "batch", per_class=PER_CLASS)  # + one corrupted JPEG
+    many = env.root / "many"  # big enough that Stop arrives long before the end
+    many.mkdir()
+    rng = np.random.default_rng(11)
+    from core.synthetic import fake_scan
+
+    for i in range(MANY):
+        Image.fromarray(fake_scan(rng, 320, i % 4)).save(many / f"s{i:04d}.png", compress_level=1)
     upload = tmp / "upload.png"
     upload.write_bytes(scan_png(seed=5, label=2, size=256))
     return env, upload
@@ -147,12 +155,13 @@ def test_every_page_renders(page, server, tiny_bundle_dir):
     for link in ("Single scan", "Batch review", "Model metrics"):
         assert link in side
     assert page.locator('input[type="file"]').count() == 1
-    assert page.get_by_text("Waiting for a scan").is_visible()
+    page.get_by_text("Waiting for a scan").wait_for()
     shot(page, "e2e_1_single_scan_empty")
 
     open_page(page, server + "/batch-review", "Batch review")
-    assert page.get_by_role("textbox", name="Folder to review").is_visible()
-    assert page.get_by_role("button", name="Start review").is_visible()
+    page.get_by_role("textbox", name="Folder to review").wait_for()
+    page.get_by_role("button", name="Start review").wait_for()
+    page.get_by_text("Choose a folder or upload files").wait_for()  # the end of the page's script
     assert "Browsing is limited to" in page.inner_text("body")
     shot(page, "e2e_2_batch_empty")
 
@@ -187,7 +196,7 @@ def test_upload_gives_prediction_and_heatmap(page, server, app_files):
     chroma = lambda a: float(np.abs(a[..., 0] - a[..., 2]).mean())  # noqa: E731
     assert chroma(original) < 3 < chroma(heat), (chroma(original), chroma(heat))  # grey scan vs coloured heatmap
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1")  # probability chart
-    assert page.get_by_role("button", name="Overlay PNG").is_visible()
+    page.get_by_role("button", name="Overlay PNG").wait_for()
     time.sleep(1.0)
     shot(page, "e2e_4_single_scan_result")
 
@@ -215,3 +224,30 @@ def test_batch_on_small_folder_fills_table(page, server):
     page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 12")
     time.sleep(1.5)
     shot(page, "e2e_5_batch_results")
+
+
+def test_batch_can_be_stopped_and_keeps_finished_rows(page, server):
+    open_page(page, server + "/batch-review", "Batch review")
+    box = page.get_by_role("textbox", name="Folder to review")
+    box.fill("many")
+    box.press("Enter")
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.get_by_role("button", name="Start review").click()
+    progress = page.locator('[data-testid="stProgress"]')
+    page.wait_for_function(  # a running count and an ETA are shown while it works
+        "Array.from(document.querySelectorAll('[data-testid=\"stProgress\"]'))"
+        ".some(e => /[1-9][0-9]* \\/ 800 files .* ETA [0-9]+:[0-9]{2}/.test(e.innerText))")
+    assert "files/s" in progress.inner_text()
+    shot(page, "e2e_6_batch_running")
+    page.get_by_role("button", name="Stop").click()
+    stopped = page.get_by_text("Stopped after")
+    stopped.wait_for()
+    done = int(stopped.inner_text().split("Stopped after")[1].split("of")[0].strip().replace(",", ""))
+    assert 0 < done < MANY
+    grid = page.locator('.st-key-batch_table [role="grid"]')
+    grid.wait_for(state="attached")
+    page.wait_for_function(f"document.querySelector('.st-key-batch_table [role=\"grid\"]')"
+                           f".getAttribute('aria-rowcount') === '{done + 1}'")
+    page.get_by_role("button", name="Start review").wait_for()
+    assert page.get_by_role("button", name="Start review").is_enabled()
+    shot(page, "e2e_7_batch_stopped")

@@ -79,7 +79,7 @@ def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
     assert path.name == CALIBRATION_FILE and load_calibration(path, bundle.sha256) is not None
     assert load_calibration(path, "0" * 64) is None  # other weights: not used
 
-    q = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), int8_calibration=path)
+    q = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int8", int8_calibration=path)
     assert q.precision == "int8" and q.describe()["int8_calibration"] == str(path)
     a, b = fp32.predict_preprocessed(items), q.predict_preprocessed(items)
     assert [x.label for x in a] == [x.label for x in b]
@@ -91,14 +91,22 @@ def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
     other = tmp_path / "other"
     other.mkdir()
     save_calibration(other, calibrate(bundle.model, [batch], bundle.spec.image_size), "f" * 64)
-    auto = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), int8_calibration=other / CALIBRATION_FILE)
-    assert auto.precision == "fp32"
-    with pytest.raises(ValueError, match="int8 calibration"):
+    with pytest.raises(ValueError, match="int8 calibration"):  # made for other weights: refused
         Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int8", int8_calibration=other / CALIBRATION_FILE)
+    # int8 is opt-in: "auto" never picks it, calibration or not
+    assert Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), int8_calibration=path).precision != "int8"
 
 
-def test_precision_overrides(tiny_bundle_dir):
+def test_precision_overrides(tiny_bundle_dir, items):
+    from core.predictor import cpu_has_native_bf16
+
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int4")
-    p = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "fp32")
-    assert p.describe()["precision"] == "fp32" and p.amp_dtype is None
+    fp32 = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "fp32")
+    assert fp32.describe()["precision"] == "fp32" and fp32.amp_dtype is None
+    auto = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"))
+    assert auto.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    bf16 = Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "bf16")
+    assert bf16.amp_dtype == torch.bfloat16
+    a, b = fp32.predict_preprocessed(items), bf16.predict_preprocessed(items)
+    assert max(abs(x.confidence - y.confidence) for x, y in zip(a, b)) < 0.05

@@ -101,3 +101,16 @@ def test_class_count_comes_from_folder_names(tmp_path, rng):
     assert card["class_names"] == sorted(names) and card["architecture"]["num_classes"] == 6
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.array(metrics["sets"]["testing_full"]["confusion_matrix"]).shape == (6, 6)
+
+
+def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundle_dir):
+    import train
+
+    parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    out = tmp_path / "child"
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1", "--init-from", str(tiny_bundle_dir)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training"]["init_from"]["sha256"] == parent["weights"]["sha256"]
+    assert card["input_spec"] == parent["input_spec"]
+    assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--image-size", "48",
+                       "--init-from", str(tiny_bundle_dir)]) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_config import AppConfig, ConfigError, load_config
+from app_config import REPO, AppConfig, ConfigError, load_config
 from core.audit_trail import AuditTrail
 from core.checkpoint import CARD_FILE, load_bundle
 from core.device import select_device
@@ -30,6 +30,7 @@ class AppContext:
     audit: AuditTrail | None
     uncertain_below: float
     upload_limit_mb: int
+    audit_slot: object = None  # sidebar placeholder of the audit-trail line
 
     @property
     def class_names(self) -> list[str]:
@@ -55,16 +56,25 @@ def _file_stamp(folder: Path) -> tuple:
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=4)
-def load_predictor(weights_dir: str, device: str, stamp: tuple) -> Predictor:
+def load_predictor(weights_dir: str, device: str, precision: str, stamp: tuple) -> Predictor:
     """Load + verify the bundle and build the predictor. Exceptions are not cached by Streamlit,
     so a fixed weights folder is picked up on the next rerun."""
     del stamp  # only part of the cache key
-    return Predictor(load_bundle(weights_dir), select_device(device))
+    return Predictor(load_bundle(weights_dir), select_device(device), precision=precision)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def get_audit(path: str) -> AuditTrail:
-    return AuditTrail(path)
+    audit = AuditTrail(path)
+    folder = Path(path).parent.resolve()
+    if REPO in folder.parents:  # a data folder inside the repository: keep runtime data out of git
+        marker = folder / ".gitignore"
+        if not marker.exists():
+            try:
+                marker.write_text("# written by the dashboard: app data (audit trail) is never committed\n*\n")
+            except OSError:
+                pass
+    return audit
 
 
 def upload_limit_mb() -> int:
@@ -101,15 +111,15 @@ def bootstrap() -> AppContext:
         st.stop()
     weights = Path(config.weights_dir)
     try:
-        predictor = load_predictor(str(weights), config.device, _file_stamp(weights))
+        predictor = load_predictor(str(weights), config.device, config.precision, _file_stamp(weights))
     except CheckpointError as exc:
         st.sidebar.error("No model loaded.", icon=":material/error:")
         st.error(f"**The model could not be loaded, so no predictions can be made.**\n\n{exc}\n\n"
                  f"Model folder: `{weights}` (set `MRI_WEIGHTS_DIR` or `weights_dir` in the app config). "
                  "Restore the original weights or retrain with `python train.py`.", icon=":material/gpp_bad:")
         st.stop()
-    except ValueError as exc:  # device not available
-        st.error(f"**The compute device could not be used:** {exc}", icon=":material/memory:")
+    except ValueError as exc:  # device or precision not available here
+        st.error(f"**The compute device or precision could not be used:** {exc}", icon=":material/memory:")
         st.stop()
     except Exception as exc:  # noqa: BLE001 - never a traceback in the page
         st.error(f"**The model could not be loaded:** {type(exc).__name__}: {exc}", icon=":material/error:")
@@ -120,15 +130,28 @@ def bootstrap() -> AppContext:
         help="Predictions whose calibrated confidence is under this value are marked 'uncertain' "
              "and should be reviewed by hand. Applies to single scans and to new batch runs.")
     audit = None
+    slot = st.sidebar.empty()
     try:
         audit = get_audit(str(config.audit_path))
-        st.sidebar.caption(f":material/history: Audit trail: {audit.count()} predictions logged "
-                           "(see *Model metrics* → Audit trail)")
     except Exception as exc:  # noqa: BLE001 - an unwritable data folder must not take the app down
-        st.sidebar.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
-    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb())
+        slot.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
+    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb(), slot)
+    show_audit_count(ctx)
     st.session_state[_CTX_KEY] = ctx
     return ctx
+
+
+def show_audit_count(ctx: AppContext) -> None:
+    """(Re)draw the sidebar's audit-trail line; pages call it again after logging predictions."""
+    if ctx.audit is None or ctx.audit_slot is None:
+        return
+    try:
+        n = ctx.audit.count()
+    except Exception as exc:  # noqa: BLE001
+        ctx.audit_slot.error(f"Audit trail unreadable ({exc}).")
+        return
+    ctx.audit_slot.caption(f":material/history: Audit trail: {n:,} prediction{'' if n == 1 else 's'} logged "
+                           "(see *Model metrics* → Audit trail)")
 
 
 def current() -> AppContext:
@@ -149,4 +172,5 @@ def open_in_single_scan(path: str | Path, label: str) -> None:
     """Show a batch file on the single-scan page."""
     st.session_state[SELECTED_KEY] = {"path": str(path), "label": label}
     st.session_state["single_source"] = "From the last batch review"
+    st.session_state["single_batch_file"] = label
     st.switch_page(SINGLE_PAGE)

@@ -53,9 +53,14 @@ def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model
 
 def thumbnails(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
                opacity: float = 0.45, colormap: str = "jet", side: int = THUMB_SIDE) -> list[bytes | str]:
+    """Thumbnails for one gallery page; on an unexpected failure, an error message per image
+    (the page still renders)."""
     ps = tuple(str(p) for p in paths)
-    return _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity), colormap,
-                   int(side), predictor)
+    try:
+        return _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity),
+                       colormap, int(side), predictor)
+    except Exception as exc:  # noqa: BLE001 - e.g. a CAM failure; never a traceback in the page
+        return [f"thumbnail failed ({type(exc).__name__}: {exc})"] * len(ps)
 
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=16)
@@ -101,6 +106,10 @@ def gallery(items: Sequence[dict], images: Sequence[bytes | str], key: str,
 
 
 # -- metrics ---------------------------------------------------------------------------------
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(float(v), spec)
+
+
 def _ci(ci: Sequence[float] | None) -> str:
     if not ci or len(ci) != 2 or ci[0] is None:
         return ""
@@ -116,9 +125,9 @@ def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description:
         st.caption(description)
     c = st.columns(5)
     c[0].metric("Images", f"{int(m['n']):,}")
-    c[1].metric("Accuracy", f"{m.get('accuracy', float('nan')):.1%}", help=_ci(m.get("accuracy_ci95")) or None)
+    c[1].metric("Accuracy", _fmt(m.get("accuracy"), ".1%"), help=_ci(m.get("accuracy_ci95")) or None)
     c[1].caption(_ci(m.get("accuracy_ci95")))
-    c[2].metric("Macro-F1", f"{m.get('macro_f1', float('nan')):.3f}",
+    c[2].metric("Macro-F1", _fmt(m.get("macro_f1"), ".3f"),
                 help="Unweighted mean of the per-class F1 scores.")
     mf = m.get("macro_f1_ci95")
     c[2].caption(f"95% CI {mf[0]:.3f} – {mf[1]:.3f}" if mf and mf[0] is not None else "")

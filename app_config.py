@@ -13,7 +13,7 @@ browsable folders      ``allowed_roots`` (list)    ``MRI_ALLOWED_ROOTS`` (``os.p
                                                    default: the current directory)
 app data (audit DB)    ``data_dir``                ``MRI_APP_DATA`` (default: ``data/``)
 compute device         ``device``                  ``MRI_DEVICE`` (auto, cpu, cuda, mps)
-inference precision    ``precision``               ``MRI_PRECISION`` (fp32 default; auto, amp, bf16, fp16, int8)
+inference precision    ``precision``               ``MRI_PRECISION`` (auto default; fp32, amp, bf16, fp16, int8)
 labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassified gallery)
 uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
 gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
@@ -46,10 +46,10 @@ class AppConfig:
     allowed_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
     data_dir: Path = REPO / "data"
     device: str = "auto"
-    # fp32 by default: with core's int8 CPU fast path the penultimate features shift, so the
-    # out-of-distribution score (calibrated on fp32 features) flags most real slices. Set
-    # "auto" once the OOD threshold holds for int8 too.
-    precision: str = "fp32"
+    # "auto" leaves the choice to the predictor (bf16 on CPUs with native bf16, else fp32;
+    # mixed precision on GPUs); it never picks int8, whose shifted features make the
+    # out-of-distribution score (calibrated on fp32 features) flag real slices.
+    precision: str = "auto"
     dataset_root: Path | None = None
     uncertain_below: float = 0.6
     gallery_page_size: int = 24
@@ -128,7 +128,7 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
         if "device" in values:
             kwargs["device"] = str(values["device"]).strip().lower() or "auto"
         if "precision" in values:
-            kwargs["precision"] = str(values["precision"]).strip().lower() or "fp32"
+            kwargs["precision"] = str(values["precision"]).strip().lower() or "auto"
         if "uncertain_below" in values:
             kwargs["uncertain_below"] = float(values["uncertain_below"])
             if not 0.0 <= kwargs["uncertain_below"] <= 1.0:

@@ -9,6 +9,7 @@ metrics, and the dashboard for re-evaluation.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,15 @@ import numpy as np
 from tqdm import tqdm
 
 from core.calibration import softmax
+from core.audit_trail import AuditTrail
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.dataset import list_labelled_files
 from core.device import select_device
 from core.errors import ImageLoadError
 from core.metrics import evaluate_predictions, summary
 from core.predictor import Predictor
-from core.preprocess import preprocess
+from core.image_io import decode_bytes, read_source_bytes
+from core.preprocess import preprocess_decoded
 
 ProgressFn = Callable[[int, int], None]
 
@@ -42,10 +45,12 @@ class LabelledRun:
 
 
 def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
-                 progress: ProgressFn | None = None, show_bar: bool = False) -> LabelledRun:
+                 progress: ProgressFn | None = None, show_bar: bool = False,
+                 audit: AuditTrail | None = None) -> LabelledRun:
     """Predict every image below ``root/<class>`` for the predictor's classes.
 
-    Sub-folders whose names are not among the model's classes are ignored.
+    Sub-folders whose names are not among the model's classes are ignored. With
+    ``audit``, every prediction (file SHA-256, never the image) is appended to it.
     """
     root = Path(root)
     names = predictor.class_names
@@ -56,7 +61,11 @@ def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
     pending: list = []
 
     def flush() -> None:
-        for (rel, lab, _), pr in zip(pending, predictor.predict_preprocessed([p for _, _, p in pending])):
+        for (rel, lab, pre, sha), pr in zip(pending, predictor.predict_preprocessed([p[2] for p in pending])):
+            if audit is not None:
+                audit.record(source="evaluate", file_sha256=sha, model_sha256=predictor.bundle.sha256,
+                             predicted=pr.label, confidence=pr.confidence, probabilities=pr.probabilities,
+                             ood=pr.ood)
             kept.append(rel)
             labels.append(lab)
             logits.append(pr.logits)
@@ -67,7 +76,9 @@ def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
     bar = tqdm(total=len(files), desc="evaluating", disable=not show_bar)
     for i, (rel, lab) in enumerate(files):
         try:
-            pending.append((rel, lab, preprocess(root / rel, predictor.spec)))
+            data, _ = read_source_bytes(root / rel)
+            sha = hashlib.sha256(data).hexdigest() if audit is not None else ""
+            pending.append((rel, lab, preprocess_decoded(decode_bytes(data, Path(rel).name), predictor.spec), sha))
         except ImageLoadError as exc:
             errors.append({"file": rel, "error": str(exc)})
         if len(pending) >= batch_size:

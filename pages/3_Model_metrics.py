@@ -164,7 +164,7 @@ if tab_open("Re-evaluate"):
                     if done == total or done % 8 == 0:
                         bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} images")
 
-                run = run_labelled(ctx.predictor, root, ctx.predictor.batch_size, progress=progress)
+                run = run_labelled(ctx.predictor, root, ctx.predictor.batch_size, progress=progress, audit=ctx.audit)
                 bar.empty()
                 if not run.files:
                     raise ValueError(f"no readable images under the class folders of {root}")

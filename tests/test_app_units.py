@@ -209,5 +209,5 @@ def test_list_subfolders_stays_inside_roots(tmp_path):
 def test_config_precision(tmp_path):
     from app_config import load_config
 
-    assert load_config(env={}, config_file=tmp_path / "none.toml").precision == "fp32"
+    assert load_config(env={}, config_file=tmp_path / "none.toml").precision == "auto"
     assert load_config(env={"MRI_PRECISION": "AUTO"}, config_file=tmp_path / "none.toml").precision == "auto"

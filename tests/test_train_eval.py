@@ -114,3 +114,20 @@ def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundl
     assert card["input_spec"] == parent["input_spec"]
     assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--image-size", "48",
                        "--init-from", str(tiny_bundle_dir)]) == 2
+
+
+def test_evaluation_predictions_are_audited(tmp_path, tiny_predictor, rng):
+    from PIL import Image
+
+    from core.audit_trail import AuditTrail
+    from core.evaluate import run_labelled
+    from core.synthetic import fake_scan
+
+    (tmp_path / "lab" / "glioma").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(fake_scan(rng, 120, 0)).save(tmp_path / "lab" / "glioma" / f"{i}.png")
+    audit = AuditTrail(tmp_path / "a.sqlite3")
+    run = run_labelled(tiny_predictor, tmp_path / "lab", audit=audit)
+    rows = audit.recent(10)
+    assert len(run.files) == 3 and len(rows) == 3
+    assert {r["source"] for r in rows} == {"evaluate"} and all(len(r["file_sha256"]) == 64 for r in rows)

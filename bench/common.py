@@ -106,17 +106,27 @@ def peak_rss_mb() -> dict:
     return {"self_mb": peak, "children_max_mb": round(child_kb / 1024, 1)}
 
 
-def rss_now_mb() -> dict:
+def rss_now_mb(uss: bool = False) -> dict:
+    """Resident memory now: main process, and its worker processes (RSS counts the pages
+    they share with the main process after fork; USS only what each holds alone)."""
     import psutil
 
     me = psutil.Process()
-    kids = 0
+    kids = kids_uss = 0
     for c in me.children(recursive=True):
         try:
-            kids += c.memory_info().rss
+            if uss:
+                info = c.memory_full_info()
+                kids += info.rss
+                kids_uss += info.uss
+            else:
+                kids += c.memory_info().rss
         except psutil.Error:
             pass
-    return {"main_mb": round(me.memory_info().rss / 2**20, 1), "workers_mb": round(kids / 2**20, 1)}
+    out = {"main_mb": round(me.memory_info().rss / 2**20, 1), "workers_rss_mb": round(kids / 2**20, 1)}
+    if uss:
+        out["workers_uss_mb"] = round(kids_uss / 2**20, 1)
+    return out
 
 
 # --------------------------------------------------------------------------- models

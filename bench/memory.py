@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     n = 0
+    every = args.batch_size * (4 if args.images >= 2000 else 1)
     for n, _ in enumerate(predict_files(predictor, files, batch_size=args.batch_size, num_workers=args.workers,
                                         cam_method=args.cam_method), start=1):
-        if n % args.batch_size == 0 or n == len(files):
-            r = rss_now_mb()
-            total = r["main_mb"] + r["workers_mb"]
+        if n % every == 0:  # while the decode workers are alive (the last rows come after they exit)
+            r = rss_now_mb(uss=True)
+            total = r["main_mb"] + r["workers_uss_mb"]
             peak_total = max(peak_total, total)
-            samples.append({"images": n, **r, "total_mb": round(total, 1)})
+            samples.append({"images": n, **r, "main_plus_workers_uss_mb": round(total, 1)})
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         gpu_peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -62,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         return min(samples, key=lambda s: abs(s["images"] - k)) if samples else {}
 
     first, last = at(1000), samples[-1] if samples else {}
+    end_rss = rss_now_mb()
     print(json.dumps({
         "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
         "batch_size": args.batch_size, "workers": args.workers, "cam_method": args.cam_method,
         "precision": predictor.precision, "rss_before_mb": baseline, "rss_at_1k": first, "rss_at_end": last,
+        "rss_after_run_mb": end_rss["main_mb"],
         "growth_1k_to_end_mb": round(last.get("main_mb", 0) - first.get("main_mb", 0), 1),
-        "peak_sampled_total_mb": round(peak_total, 1), "peak_rss": peak_rss_mb(), "gpu_peak_allocated_mb": gpu_peak,
+        "peak_main_plus_workers_uss_mb": round(peak_total, 1), "peak_rss": peak_rss_mb(), "gpu_peak_allocated_mb": gpu_peak,
         "samples": samples[:: max(1, len(samples) // 20)],
     }))
     return 0

@@ -541,7 +541,7 @@ def targets(r: dict, device) -> dict:
     if "growth_1k_to_end_mb" in mem:
         g = mem["growth_1k_to_end_mb"]
         t[f"memory flat over {mem['images']} images (main RSS growth 1k->end < 50 MB)"] = {"value_mb": g,
-                                                                                             "met": abs(g) < 50}
+                                                                                             "met": g < 50}
     acc = r.get("accuracy", {}).get("rows", {})
     default = r.get("config", {}).get("default_backend")
     if default in acc and "delta_points_vs_fp32" in acc[default]:
@@ -635,13 +635,14 @@ def render(r: dict) -> str:
                      f"difference between their maps {ce['max_abs_difference']:.1e}.")
     mem = r.get("memory", {})
     if "rss_at_end" in mem:
+        a, e = mem["rss_at_1k"], mem["rss_at_end"]
         parts.append(
-            f"**Memory** over {mem['images']} images (batch {mem['batch_size']}, {mem['workers']} workers, "
-            f"CAM {mem['cam_method'] or 'off'}, {mem['images_per_s']} img/s): main-process RSS "
-            f"{mem['rss_at_1k']['main_mb']} MB at {mem['rss_at_1k']['images']} images, "
-            f"{mem['rss_at_end']['main_mb']} MB at {mem['rss_at_end']['images']} (growth "
-            f"{mem['growth_1k_to_end_mb']} MB); workers {mem['rss_at_end']['workers_mb']} MB in total; "
-            f"peak RSS of the process {mem['peak_rss']['self_mb']} MB"
+            f"**Memory** over {mem['images']} images (batch {mem['batch_size']}, {mem['workers']} decode workers, "
+            f"CAM {mem['cam_method'] or 'off'}, {mem['images_per_s']} img/s, fresh process): main-process RSS "
+            f"{a['main_mb']} MB at {a['images']} images, {e['main_mb']} MB at {e['images']} (growth "
+            f"{mem['growth_1k_to_end_mb']} MB); decode workers {a.get('workers_uss_mb', '-')} MB -> "
+            f"{e.get('workers_uss_mb', '-')} MB unique (USS; their RSS {e.get('workers_rss_mb', '-')} MB is mostly "
+            f"pages shared with the main process); peak RSS of the main process {mem['peak_rss']['self_mb']} MB"
             + (f"; peak GPU memory {mem['gpu_peak_allocated_mb']} MB" if mem.get("gpu_peak_allocated_mb") else "") + ".")
     g = r.get("gpu", {})
     if g.get("rows"):

@@ -190,10 +190,12 @@ class Predictor:
     def logits_and_scores(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits float (N, K) and OOD scores float (N,) for a standardised batch."""
         batch = self.to_device(batch)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                                     enabled=self.amp_dtype is not None):
-            logits, feats = self.infer(batch)
-            scores = self.ood.score(feats) if self.ood is not None else torch.zeros(len(batch))
+        with torch.inference_mode():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits, feats = self.infer(batch)
+            # The Mahalanobis quadratic form stays fp32, outside autocast: in bf16 its
+            # 256-d matmuls lose enough precision to move scores across the threshold.
+            scores = self.ood.score(feats.float()) if self.ood is not None else torch.zeros(len(batch))
         return logits.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:

@@ -315,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 "threshold": ood.threshold, "threshold_percentile_of_validation": args.ood_percentile},
         "training": {
             "command": command, "seed": args.seed, "device": str(device), "dry_run": args.dry_run,
+            # Nested: the parent's own init_from comes along, so the card holds every command back to scratch.
             "init_from": None if parent is None else {"sha256": parent.sha256,
                                                       "command": parent.card.get("training", {}).get("command"),
-                                                      "epochs_run": parent.card.get("training", {}).get("epochs_run")},
+                                                      "epochs_run": parent.card.get("training", {}).get("epochs_run"),
+                                                      "init_from": parent.card.get("training", {}).get("init_from")},
             "data_root": str(root), "train_dir": args.train_dir, "test_dir": args.test_dir,
             "data_fingerprint": {s: audit["splits"][s]["fingerprint"] for s in splits},
             "train_files": int(len(train_idx)), "val_files": int(len(val_idx)),

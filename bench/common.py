@@ -256,6 +256,44 @@ def run_json(cmd: list[str], timeout: float = 300) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _busy_cpu_s() -> float | None:
+    """Machine-wide busy CPU seconds so far (/proc/stat), or None off Linux."""
+    try:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        v = [int(x) for x in f]
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # user nice system irq softirq steal
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_s() -> float:
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    b = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class ForeignLoad:
+    """CPU time other programs used while a section ran: busy CPU of the whole machine
+    minus this process and its (finished) children. Numbers taken while other programs
+    ran are not this code's speed; the report flags them."""
+
+    def __enter__(self):
+        self.busy0, self.own0, self.t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        busy1 = _busy_cpu_s()
+        if self.busy0 is None or busy1 is None:
+            self.result = None
+        else:
+            foreign = max(0.0, (busy1 - self.busy0) - (_own_cpu_s() - self.own0))
+            self.result = {"foreign_cpu_s": round(foreign, 1),
+                           "foreign_share_of_machine": round(foreign / max(1e-9, self.wall * cores()), 3)}
+        return False
+
+
 class Timer:
     def __init__(self, sync_device: torch.device | None = None):
         self.sync = sync_device is not None and sync_device.type == "cuda"

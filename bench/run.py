@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import (DEFAULT_DATA, REPO, Timer, cores, cycle, interleave_classes, list_images, load_model,
+from bench.common import (DEFAULT_DATA, REPO, ForeignLoad, Timer, cores, cycle, interleave_classes, list_images, load_model,
                           machine_info, machine_slug, make_generated_images, peak_rss_mb, percentiles,
                           real_weights_ready, run_json, vgg_bundle)
 
@@ -54,13 +54,19 @@ def section(results: dict, name: str, fn, *args, **kwargs):
     """Run one section; a failure is recorded (``error``) and the run goes on."""
     log(f"{name} …")
     t0 = time.perf_counter()
-    try:
-        results[name] = fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
-        traceback.print_exc()
-        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    with ForeignLoad() as load:
+        try:
+            results[name] = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
     if isinstance(results[name], dict):
         results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
+        if load.result is not None:
+            results[name]["other_programs"] = load.result
+            if load.result["foreign_share_of_machine"] > 0.05:
+                log(f"  warning: other programs used {100 * load.result['foreign_share_of_machine']:.0f}% of the "
+                    f"machine during {name}; its numbers are not clean")
 
 
 # --------------------------------------------------------------------------- forward-only backends
@@ -574,6 +580,14 @@ def render(r: dict) -> str:
                  f"Python {m['python']}; device `{m['device']}`. Date: {r['date']}. Mode: {r['mode']}. "
                  f"Model: {r['config']['model']}. Data: {r['config']['data']}.")
     parts.append(f"Default inference path chosen by the predictor: **{r['config']['default_backend']}**.")
+    busy = {k: v["other_programs"]["foreign_share_of_machine"] for k, v in r.items()
+            if isinstance(v, dict) and isinstance(v.get("other_programs"), dict)}
+    if busy:
+        worst = max(busy, key=busy.get)
+        noisy = [k for k, v in busy.items() if v > 0.05]
+        parts.append(f"Other programs on the machine during the run: at most {100 * busy[worst]:.1f}% of its CPU "
+                     f"({worst})" + (f"; sections with > 5%: {', '.join(noisy)} (not clean)" if noisy else
+                                     "; every section ran on a quiet machine") + ".")
     b = r.get("backends", {}).get("rows", {})
     acc = r.get("accuracy", {}).get("rows", {})
     if b:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,12 +42,10 @@ def _tag_text(ds, keyword: str) -> str | None:
     return str(value)
 
 
-def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
-                 include_identifying_tags: bool = False) -> DecodedImage:
-    """Decode DICOM bytes. Multi-frame data uses the middle frame (said in ``warnings``)."""
+def _read_dataset(data: bytes, name: str, limits: DecodeLimits):
+    """Parse the file and check it has pixel data of an acceptable size, before decoding pixels."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -61,7 +60,11 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
     if rows and cols and min(rows, cols) < limits.min_side:
         raise ImageLoadError(f"{name}: DICOM image is only {cols}x{rows} px; at least "
                              f"{limits.min_side} px per side is needed")
-    warns: list[str] = []
+    return ds
+
+
+def _pixel_frame(ds, name: str, warns: list[str]) -> np.ndarray:
+    """The stored pixel array; the middle frame of multi-frame data (said in ``warns``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -78,25 +81,43 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
                              f"codec could not decode it: {msg}") from None
     except (AttributeError, ValueError, TypeError, KeyError, EOFError) as exc:
         raise ImageLoadError(f"{name}: DICOM pixel data is missing or corrupt ({exc})") from None
-
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if n_frames > 1 and arr.ndim >= 3:
         mid = n_frames // 2
         arr = arr[mid]
         warns.append(f"multi-frame DICOM: used the middle frame ({mid + 1} of {n_frames})")
+    return arr
+
+
+def _modality_values(arr: np.ndarray, ds, name: str, warns: list[str]) -> np.ndarray:
+    """Grey pixels in modality units (rescale slope/intercept or modality LUT), float64, all finite."""
+    from pydicom.pixels import apply_modality_lut
+
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf is handled just below
+        arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.all():
+        raise ImageLoadError(f"{name}: DICOM pixel values are all NaN/inf after rescale")
+    if bad.any():
+        # Rescale to NaN/inf happens with corrupt slope/intercept; replace so the
+        # window and the model see finite data, and tell the user.
+        arr[bad] = float(arr[~bad].min())
+        warns.append(f"{int(bad.sum())} non-finite pixel values (NaN/inf) were replaced by the minimum")
+    return arr
+
+
+def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
+                 include_identifying_tags: bool = False) -> DecodedImage:
+    """Decode DICOM bytes. Multi-frame data uses the middle frame (said in ``warnings``)."""
+    from pydicom.pixels import apply_voi_lut
+
+    ds = _read_dataset(data, name, limits)
+    warns: list[str] = []
+    arr = _pixel_frame(ds, name, warns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples == 1:
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf is handled just below
-            arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-        bad = ~np.isfinite(arr)
-        if bad.all():
-            raise ImageLoadError(f"{name}: DICOM pixel values are all NaN/inf after rescale")
-        if bad.any():
-            # Rescale to NaN/inf happens with corrupt slope/intercept; replace so the
-            # window and the model see finite data, and tell the user.
-            arr[bad] = float(arr[~bad].min())
-            warns.append(f"{int(bad.sum())} non-finite pixel values (NaN/inf) were replaced by the minimum")
+        arr = _modality_values(arr, ds, name, warns)
         has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
         if has_voi:
             try:
@@ -118,3 +139,89 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
     if min(h, w) < limits.min_side:
         raise ImageLoadError(f"{name}: DICOM image is only {w}x{h} px; at least {limits.min_side} px per side is needed")
     return out
+
+
+# -- display window (what the reader sees; never what the model sees) ---------------------------
+
+@dataclass
+class DicomDisplay:
+    """A grey DICOM slice kept in modality units so a viewer can change the window/level.
+
+    Changing the display window never changes the prediction: the model always gets the
+    image as ``decode_dicom`` produced it (the file's own window, then preprocessing).
+
+    Attributes:
+        values: float32 (H, W), modality units (e.g. raw MR signal after rescale), finite.
+        monochrome1: low values are bright; inverted after windowing, as in ``decode_dicom``.
+        file_window: (centre, width) of the first window stored in the file, or None.
+        voi_lut_sequence: the file carries a VOI LUT table rather than (or besides) a window.
+        voi_function: the file's VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID).
+    """
+
+    values: np.ndarray
+    monochrome1: bool
+    file_window: tuple[float, float] | None
+    voi_lut_sequence: bool
+    voi_function: str = "LINEAR"
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return float(self.values.min()), float(self.values.max())
+
+    @property
+    def full_range_window(self) -> tuple[float, float]:
+        """(centre, width) spanning every value in the slice."""
+        lo, hi = self.value_range
+        return (lo + hi) / 2, max(hi - lo, 1.0)
+
+    @property
+    def default_window(self) -> tuple[float, float]:
+        return self.file_window or self.full_range_window
+
+
+def dicom_display(data: bytes, name: str, limits: DecodeLimits) -> DicomDisplay | None:
+    """The slice in modality units for display windowing; None for colour DICOM (no window applies).
+
+    Raises ``ImageLoadError`` exactly as ``decode_dicom`` does.
+    """
+    ds = _read_dataset(data, name, limits)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    warns: list[str] = []
+    values = _modality_values(_pixel_frame(ds, name, warns), ds, name, warns)
+    file_window = None
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            c, w = ds.WindowCenter, ds.WindowWidth
+            c = float(c[0] if getattr(ds["WindowCenter"], "VM", 1) > 1 else c)
+            w = float(w[0] if getattr(ds["WindowWidth"], "VM", 1) > 1 else w)
+            file_window = (c, w) if np.isfinite(c) and np.isfinite(w) and w > 0 else None
+        except (TypeError, ValueError, IndexError):
+            file_window = None
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return DicomDisplay(values.astype(np.float32), str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
+                        file_window, "VOILUTSequence" in ds,
+                        func if func in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
+
+
+def apply_display_window(display: DicomDisplay, centre: float, width: float) -> np.ndarray:
+    """Window/level the slice for display with pydicom's VOI windowing (PS3.3 C.11.2).
+
+    Args:
+        centre, width: the window in modality units; width is raised to at least 1.
+    Returns:
+        float32 (H, W) in [0, 1], MONOCHROME1 already inverted.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+    from pydicom.valuerep import DSfloat
+
+    # The modality LUT is already applied, so the output range is ours to pick: 16-bit unsigned.
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsStored, ds.PixelRepresentation = 16, 0
+    ds.WindowCenter = DSfloat(float(centre), auto_format=True)
+    ds.WindowWidth = DSfloat(max(float(width), 1.0), auto_format=True)
+    ds.VOILUTFunction = display.voi_function
+    unit = np.clip(apply_windowing(display.values.astype(np.float64), ds) / 65535.0, 0.0, 1.0)
+    return (1.0 - unit if display.monochrome1 else unit).astype(np.float32)

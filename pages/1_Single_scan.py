@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.cam import CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
+from core.dicom_io import apply_display_window
 from core.errors import ImageLoadError
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
 from ui import charts, state
@@ -94,6 +95,37 @@ def get_analysis(data: bytes, name: str) -> Analysis:
     return analysis
 
 
+def display_window(analysis: Analysis) -> tuple[float, float] | None:
+    """Window/level sliders for a grey DICOM slice; the (centre, width) chosen, or None for other files.
+    Display only: the prediction and the heatmap always use the file's own window."""
+    disp = analysis.display
+    if disp is None:
+        return None
+    lo, hi = disp.value_range
+    span = max(hi - lo, 1.0)
+    step = 1.0 if span >= 50 else span / 500
+    kc, kw = f"win_centre_{analysis.file_sha256[:12]}", f"win_width_{analysis.file_sha256[:12]}"
+    c0, w0 = disp.default_window
+    c0, w0 = min(max(c0, lo - span), hi + span), min(max(w0, step), 2 * span)
+
+    def reset(centre: float, width: float) -> None:
+        st.session_state[kc], st.session_state[kw] = centre, width
+
+    if kc not in st.session_state:
+        reset(float(c0), float(w0))
+    with st.expander("Window / level (display only)", icon=":material/contrast:"):
+        centre = st.slider("Window centre (level)", float(lo - span), float(hi + span), step=step, key=kc)
+        width = st.slider("Window width", float(step), float(2 * span), step=step, key=kw)
+        b1, b2 = st.columns(2)
+        b1.button("File window" if disp.file_window else "Default window", on_click=reset, args=(c0, w0),
+                  key=f"win_reset_{analysis.file_sha256[:12]}", width="stretch")
+        full_c, full_w = disp.full_range_window
+        b2.button("Full range", on_click=reset, args=(full_c, full_w), key=f"win_full_{analysis.file_sha256[:12]}",
+                  width="stretch")
+        st.caption("Changes only what you see here. The model and the heatmap always use the file's own window.")
+    return centre, width
+
+
 source = pick_source()
 if source is None:
     st.info("Waiting for a scan. The model, its version and the device are shown in the sidebar.",
@@ -158,7 +190,11 @@ blend = draw_peak_marker(overlay(analysis.pre, cam.heatmap, opacity, colormap), 
 w, h = analysis.decoded.size
 left, mid, right = st.columns([1, 1, 0.95])
 with left:
-    st.markdown("**Original**" + (" — DICOM, shown with its window" if analysis.is_dicom else ""))
+    window = display_window(analysis)
+    if window is not None:
+        grey = to_uint8(apply_display_window(analysis.display, *window))
+    st.markdown("**Original**" + (f" — DICOM, window {window[0]:g} / {window[1]:g}" if window else
+                                  " — DICOM, shown with its window" if analysis.is_dicom else ""))
     st.image(grey_to_rgb(grey), width="stretch", caption=f"{name} · {w}×{h} px · {analysis.decoded.source_format}")
 with mid:
     explained = "class-agnostic" if method in CLASS_AGNOSTIC else f"evidence for **{cam.target}**"

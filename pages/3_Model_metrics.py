@@ -159,6 +159,10 @@ if tab_open("Re-evaluate"):
                 if not root.is_dir():
                     raise ValueError(f"{folder} is not an existing folder")
                 bar = st.progress(0.0, text="Preparing…")
+                # A click reruns the page, which interrupts this run at its next progress update.
+                stop_slot = st.empty()
+                stop_slot.button("Stop", icon=":material/stop:", key="reeval_stop",
+                                 on_click=lambda: st.session_state.update(reeval_stopped=str(root)))
 
                 def progress(done: int, total: int) -> None:
                     if done == total or done % 8 == 0:
@@ -166,6 +170,7 @@ if tab_open("Re-evaluate"):
 
                 run = run_labelled(ctx.predictor, root, ctx.predictor.batch_size, progress=progress, audit=ctx.audit)
                 bar.empty()
+                stop_slot.empty()
                 if not run.files:
                     raise ValueError(f"no readable images under the class folders of {root}")
                 result = metrics_for_run(run, names, ctx.predictor.temperature)
@@ -174,6 +179,10 @@ if tab_open("Re-evaluate"):
                 st.error(f"**Folder refused.** {exc}", icon=":material/block:")
             except ValueError as exc:
                 st.error(f"**Cannot evaluate this folder:** {exc}", icon=":material/folder_off:")
+        stopped = st.session_state.pop("reeval_stopped", None)
+        if stopped and not go:
+            st.info(f"Evaluation of `{stopped}` stopped. No metrics are shown for the part already done: the "
+                    "folder is read class by class, so a partial run would be biased.", icon=":material/stop_circle:")
         res = st.session_state.get("reeval")
         if res:
             st.success(f"Evaluated `{res['folder']}`: {res['metrics'].get('n', 0):,} images.",

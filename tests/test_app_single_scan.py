@@ -106,12 +106,28 @@ def test_dicom_shows_acquisition_tags_and_window_but_never_patient_tags(app_env)
     assert not at.exception and not at.error
     text = all_text(at)
     for shown in ("Modality", "MR", "SeriesDescription", "T1 AX POST", "SliceThickness", "5 mm", "PixelSpacing",
-                  "Window centre", "2000", "DICOM, shown with its window"):
+                  "Window centre", "2000", "DICOM, window 2000 / 4000"):
         assert shown in text, shown
     for hidden in ("Doe", "Jane", "SECRET-ID-123", "General Hospital"):
         assert hidden not in text, hidden
     csv_download = next(b for b in at.get("download_button") if b.label == "Result CSV")
     assert csv_download  # the record is built from core's non-identifying tags only (see test_app_units)
+
+
+def test_dicom_window_level_changes_the_display_not_the_prediction(app_env):
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("slice.dcm", dicom_bytes(), "application/dicom")).run()
+    before = (at.metric[0].value, at.metric[1].value)
+    centre = next(s for s in at.slider if s.label.startswith("Window centre"))
+    width = next(s for s in at.slider if s.label == "Window width")
+    assert (centre.value, width.value) == (2000.0, 4000.0)  # the file's window
+    centre.set_value(800.0).run()
+    at.slider(key=width.key).set_value(300.0).run()
+    assert not at.exception and not at.error
+    assert "DICOM, window 800 / 300" in all_text(at)
+    assert (at.metric[0].value, at.metric[1].value) == before
+    next(b for b in at.button if b.label == "File window").click().run()
+    assert "DICOM, window 2000 / 4000" in all_text(at)
 
 
 def test_pick_file_from_last_batch(app_env):

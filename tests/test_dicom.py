@@ -77,3 +77,48 @@ def test_monochrome1_is_inverted(tmp_path, scan16):
 def test_extension_does_not_matter(tmp_path, scan16):
     p = make_dicom(tmp_path / "slice.img", scan16)
     assert decode_image(p).source_format == "DICOM"
+
+
+def _display(path):
+    from core.dicom_io import dicom_display
+    from core.image_io import DEFAULT_LIMITS
+
+    with open(path, "rb") as f:
+        return dicom_display(f.read(), "x.dcm", DEFAULT_LIMITS)
+
+
+def test_display_window_defaults_to_what_the_model_sees(tmp_path, scan16):
+    from core.dicom_io import apply_display_window
+
+    path = make_dicom(tmp_path / "w.dcm", scan16, RescaleSlope="2", RescaleIntercept="-100",
+                      WindowCenter="1500", WindowWidth="2000")
+    disp = _display(path)
+    assert disp.file_window == (1500.0, 2000.0) and not disp.monochrome1
+    lo, hi = disp.value_range
+    assert lo == pytest.approx(float(scan16.min()) * 2 - 100) and hi == pytest.approx(float(scan16.max()) * 2 - 100)
+    shown = apply_display_window(disp, *disp.default_window)
+    assert shown.dtype == np.float32 and shown.shape == scan16.shape
+    np.testing.assert_allclose(shown, decode_image(path).pixels, atol=1e-6)  # same as the model's input
+    narrow = apply_display_window(disp, 1500, 10)  # a narrow window saturates almost everything
+    assert ((narrow == 0) | (narrow == 1)).mean() > 0.95
+    full = apply_display_window(disp, *disp.full_range_window)
+    assert full.min() == pytest.approx(0, abs=1e-3) and full.max() == pytest.approx(1, abs=1e-3)
+
+
+def test_display_window_without_a_stored_window_monochrome1_and_sigmoid(tmp_path, scan16):
+    from core.dicom_io import apply_display_window
+
+    disp = _display(make_dicom(tmp_path / "n.dcm", scan16))
+    assert disp.file_window is None and disp.default_window == disp.full_range_window
+    inv = _display(make_dicom(tmp_path / "m1.dcm", scan16, PhotometricInterpretation="MONOCHROME1"))
+    c, w = inv.default_window
+    np.testing.assert_allclose(apply_display_window(inv, c, w), 1 - apply_display_window(disp, c, w), atol=1e-6)
+    mid = int(np.median(scan16[scan16 > 0]))
+    sig = _display(make_dicom(tmp_path / "s.dcm", scan16, WindowCenter=str(mid), WindowWidth="800",
+                              VOILUTFunction="SIGMOID"))
+    out = apply_display_window(sig, *sig.default_window)
+    linear = apply_display_window(disp, *sig.default_window)
+    inside = np.abs(sig.values - mid) < 400
+    assert sig.voi_function == "SIGMOID" and inside.any()
+    assert 0 < out[inside].min() and out[inside].max() < 1 and not np.allclose(out, linear, atol=1e-3)
+    assert apply_display_window(disp, 100, 0).max() <= 1  # width below 1 is raised, not an error

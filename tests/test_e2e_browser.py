@@ -49,13 +49,14 @@ def app_files(tiny_bundle_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     env = make_app_env(tmp, tiny_bundle_dir)
     make_labelled_folder(env.root / "batch", per_class=PER_CLASS)  # + one corrupted JPEG
-    many = env.root / "many"  # big enough that Stop arrives long before the end
-    many.mkdir()
+    many = env.root / "many"  # big enough that Stop arrives long before the end; labelled, for re-evaluation
+    for c in CLASSES:
+        (many / c).mkdir(parents=True)
     rng = np.random.default_rng(11)
     from core.synthetic import fake_scan
 
     for i in range(MANY):
-        Image.fromarray(fake_scan(rng, 320, i % 4)).save(many / f"s{i:04d}.png", compress_level=1)
+        Image.fromarray(fake_scan(rng, 320, i % 4)).save(many / CLASSES[i % 4] / f"s{i:04d}.png", compress_level=1)
     upload = tmp / "upload.png"
     upload.write_bytes(scan_png(seed=5, label=2, size=256))
     return env, upload
@@ -251,3 +252,24 @@ def test_batch_can_be_stopped_and_keeps_finished_rows(page, server):
     page.get_by_role("button", name="Start review").wait_for()
     assert page.get_by_role("button", name="Start review").is_enabled()
     shot(page, "e2e_7_batch_stopped")
+
+
+def test_reevaluation_can_be_stopped(page, server):
+    open_page(page, server + "/model-metrics", "Model metrics")
+    page.get_by_role("tab", name="Re-evaluate").click()
+    box = page.get_by_role("textbox", name="Labelled folder")
+    box.fill("many")
+    box.press("Enter")
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.get_by_role("button", name="Evaluate").click()
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-testid=\"stProgress\"]'))"
+        ".some(e => /[1-9][0-9,]* \\/ 800 images/.test(e.innerText))")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("stopped. No metrics are shown").wait_for()
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    body = page.inner_text("body")
+    assert "Evaluated" not in body and "Traceback" not in body
+    assert page.get_by_role("button", name="Evaluate").is_enabled()
+    shot(page, "e2e_8_reevaluation_stopped")
+

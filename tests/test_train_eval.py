@@ -112,6 +112,13 @@ def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundl
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["init_from"]["sha256"] == parent["weights"]["sha256"]
     assert card["input_spec"] == parent["input_spec"]
+    # A grandchild carries the whole chain of commands back to the model trained from scratch.
+    grandchild = tmp_path / "grandchild"
+    assert train.main(["--dry-run", "--out", str(grandchild), "--workers", "1", "--init-from", str(out)]) == 0
+    chain = json.loads((grandchild / "model_card.json").read_text())["training"]["init_from"]
+    assert chain["sha256"] == card["weights"]["sha256"] and chain["command"] == card["training"]["command"]
+    assert chain["init_from"]["sha256"] == parent["weights"]["sha256"]
+    assert chain["init_from"]["init_from"] == parent["training"]["init_from"]
     assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--image-size", "48",
                        "--init-from", str(tiny_bundle_dir)]) == 2
 

@@ -49,30 +49,3 @@ def thumbnail(img: np.ndarray, max_side: int = 192) -> np.ndarray:
         return img
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
-def dicom_window(data: bytes) -> dict[str, str] | None:
-    """The display window stored in a DICOM file (centre/width or a VOI LUT), or None.
-
-    Only these display attributes are read; the image itself is decoded by ``core``.
-    """
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - core reports unreadable files; this is display-only
-        return None
-
-    def fmt(v) -> str:
-        vals = list(v) if isinstance(v, (list, tuple)) or getattr(v, "VM", 1) > 1 else [v]
-        return " / ".join(f"{float(x):g}" for x in vals)
-
-    try:
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            return {"Window centre": fmt(ds.WindowCenter), "Window width": fmt(ds.WindowWidth),
-                    "Source": "window stored in the file (first one applied)"}
-        if "VOILUTSequence" in ds:
-            return {"Source": "VOI LUT stored in the file"}
-    except (TypeError, ValueError):
-        return None
-    return None

@@ -8,10 +8,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from core.dicom_io import DicomDisplay, dicom_display
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes
 from core.predictor import Prediction, Predictor
 from core.preprocess import Preprocessed
-from ui.imaging import dicom_window
 
 
 def result_record(pred: Prediction, *, file_name: str, file_sha256: str, model_name: str, model_version: str,
@@ -80,8 +80,21 @@ class Analysis:
     n_bytes: int
     prediction: Prediction
     pre: Preprocessed
-    window: dict | None = None
+    display: DicomDisplay | None = None  # grey DICOM in modality units, for the reader's window/level
     cams: dict = field(default_factory=dict)  # (method, target index) -> core.cam.CamResult
+
+    @property
+    def window(self) -> dict[str, str] | None:
+        """The file's stored display window, as rows for the tag table, or None."""
+        if self.display is None:
+            return None
+        if self.display.file_window is not None:
+            c, w = self.display.file_window
+            return {"Window centre": f"{c:g}", "Window width": f"{w:g}",
+                    "Source": "window stored in the file (first one applied)"}
+        if self.display.voi_lut_sequence:
+            return {"Source": "VOI LUT stored in the file"}
+        return None
 
     @property
     def decoded(self):
@@ -96,8 +109,8 @@ def analyse_bytes(predictor: Predictor, data: bytes, name: str, limits: DecodeLi
     """Decode (never asking for identifying DICOM tags) and predict. Raises ``ImageLoadError``."""
     decoded = decode_bytes(data, name, limits, include_identifying_tags=False)
     pred, pre = predictor.predict(decoded)
-    window = dicom_window(data) if decoded.source_format == "DICOM" else None
-    return Analysis(name, hashlib.sha256(data).hexdigest(), len(data), pred, pre, window)
+    display = dicom_display(data, name, limits) if decoded.source_format == "DICOM" else None
+    return Analysis(name, hashlib.sha256(data).hexdigest(), len(data), pred, pre, display)
 
 
 def explain(predictor: Predictor, analysis: Analysis, method: str, target: int | None):

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test train bench clean-venv
+.PHONY: run test train reproduce-weights bench clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test: $(VENV)/.installed  ## full pytest suite, browser end-to-end test included
 
 train: $(VENV)/.installed  ## retrain the shipped model (CPU: about an hour)
 	$(PY) train.py --data-root ../shared/data/brain-tumor-mri --out weights --epochs 30 --seed 42
+
+DATA ?= ../shared/data/brain-tumor-mri
+reproduce-weights: $(VENV)/.installed  ## re-run the commands recorded in weights/model_card.json (CPU: about 2.5 h)
+	$(PY) train.py --data-root $(DATA) --out runs/reproduce/1 --epochs 24 --threads 1 --seed 42
+	$(PY) train.py --data-root $(DATA) --init-from runs/reproduce/1 --out runs/reproduce/2 --epochs 12 --lr 1.5e-3 --threads 2 --seed 42
+	$(PY) train.py --data-root $(DATA) --init-from runs/reproduce/2 --out runs/reproduce/3 --epochs 60 --lr 1e-3 --patience 60 --threads 2 --seed 42
 
 bench: $(VENV)/.installed  ## speed benchmark; writes bench/results/*.json
 	$(PY) -m bench

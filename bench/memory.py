@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam-method", default=None)
     args = p.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from bench.common import cycle, interleave_classes, list_images, load_model, peak_rss_mb, rss_now_mb
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     n = 0
-    every = args.batch_size * (4 if args.images >= 2000 else 1)
+    every = args.batch_size  # every batch: RSS moves by tens of MB between batches, so one sample proves little
     for n, _ in enumerate(predict_files(predictor, files, batch_size=args.batch_size, num_workers=args.workers,
                                         cam_method=args.cam_method), start=1):
         if n % every == 0:  # while the decode workers are alive (the last rows come after they exit)
@@ -63,13 +64,28 @@ def main(argv: list[str] | None = None) -> int:
         return min(samples, key=lambda s: abs(s["images"] - k)) if samples else {}
 
     first, last = at(1000), samples[-1] if samples else {}
+    # The allocator takes and returns whole batches, so RSS swings between samples. A leak is a trend:
+    # compare the median of the window after warm-up (images 1000-2000) with the median of the last 1000
+    # images, and fit a straight line through every sample after 1000 images.
+    early = [s["main_mb"] for s in samples if 1000 <= s["images"] < 2000]
+    late = [s["main_mb"] for s in samples if s["images"] > n - 1000]
+    after = [s for s in samples if s["images"] >= 1000]
+    trend = None
+    if early and late:
+        slope = float(np.polyfit([s["images"] for s in after], [s["main_mb"] for s in after], 1)[0]) \
+            if len(after) >= 3 else None
+        trend = {"median_mb_images_1000_2000": round(float(np.median(early)), 1),
+                 "median_mb_last_1000": round(float(np.median(late)), 1),
+                 "growth_median_mb": round(float(np.median(late) - np.median(early)), 1),
+                 "slope_mb_per_1000_images": None if slope is None else round(slope * 1000, 2),
+                 "swing_mb": round(max(s["main_mb"] for s in after) - min(s["main_mb"] for s in after), 1)}
     end_rss = rss_now_mb()
     print(json.dumps({
         "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
         "batch_size": args.batch_size, "workers": args.workers, "cam_method": args.cam_method,
         "precision": predictor.precision, "rss_before_mb": baseline, "rss_at_1k": first, "rss_at_end": last,
         "rss_after_run_mb": end_rss["main_mb"],
-        "growth_1k_to_end_mb": round(last.get("main_mb", 0) - first.get("main_mb", 0), 1),
+        "growth_1k_to_end_mb": round(last.get("main_mb", 0) - first.get("main_mb", 0), 1), "trend": trend,
         "peak_main_plus_workers_uss_mb": round(peak_total, 1), "peak_rss": peak_rss_mb(), "gpu_peak_allocated_mb": gpu_peak,
         "samples": samples[:: max(1, len(samples) // 20)],
     }))

@@ -544,10 +544,10 @@ def targets(r: dict, device) -> dict:
         t["batch throughput >= 10x VGG16 (every batch size)"] = {"value": thr["ratio_min_same_batch"],
                                                                  "met": thr["ratio_min_same_batch"] >= 10}
     mem = r.get("memory", {})
-    if "growth_1k_to_end_mb" in mem:
-        g = mem["growth_1k_to_end_mb"]
-        t[f"memory flat over {mem['images']} images (main RSS growth 1k->end < 50 MB)"] = {"value_mb": g,
-                                                                                             "met": g < 50}
+    if (mem.get("trend") or {}).get("growth_median_mb") is not None:
+        g = mem["trend"]["growth_median_mb"]
+        t[f"memory flat over {mem['images']} images (median main RSS, last 1k vs images 1k-2k, grows < 50 MB)"] = {
+            "value_mb": g, "met": g < 50}
     acc = r.get("accuracy", {}).get("rows", {})
     default = r.get("config", {}).get("default_backend")
     if default in acc and "delta_points_vs_fp32" in acc[default]:
@@ -653,8 +653,12 @@ def render(r: dict) -> str:
         parts.append(
             f"**Memory** over {mem['images']} images (batch {mem['batch_size']}, {mem['workers']} decode workers, "
             f"CAM {mem['cam_method'] or 'off'}, {mem['images_per_s']} img/s, fresh process): main-process RSS "
-            f"{a['main_mb']} MB at {a['images']} images, {e['main_mb']} MB at {e['images']} (growth "
-            f"{mem['growth_1k_to_end_mb']} MB); decode workers {a.get('workers_uss_mb', '-')} MB -> "
+            f"{a['main_mb']} MB at {a['images']} images, {e['main_mb']} MB at {e['images']}"
+            + (f"; median {tr['median_mb_images_1000_2000']} MB over images 1000-2000 and "
+               f"{tr['median_mb_last_1000']} MB over the last 1000 (growth {tr['growth_median_mb']} MB, straight-line "
+               f"trend {tr['slope_mb_per_1000_images']} MB per 1000 images, swing between batches "
+               f"{tr['swing_mb']} MB)" if (tr := mem.get("trend")) else "")
+            + f"; decode workers {a.get('workers_uss_mb', '-')} MB -> "
             f"{e.get('workers_uss_mb', '-')} MB unique (USS; their RSS {e.get('workers_rss_mb', '-')} MB is mostly "
             f"pages shared with the main process); peak RSS of the main process {mem['peak_rss']['self_mb']} MB"
             + (f"; peak GPU memory {mem['gpu_peak_allocated_mb']} MB" if mem.get("gpu_peak_allocated_mb") else "") + ".")

@@ -32,7 +32,7 @@ def test_shipped_weights_accuracy_on_a_testing_sample(shipped_predictor):
         preds += shipped_predictor.predict_preprocessed(items[i:i + 48])
     acc = np.mean([p.index == lab for p, (_, lab) in zip(preds, sample)])
     flagged = np.mean([p.ood for p in preds])
-    assert acc >= 0.95, f"accuracy {acc:.3f} on 240 Testing slices"
+    assert acc >= 0.97, f"accuracy {acc:.3f} on 240 Testing slices"
     assert flagged <= 0.05, f"{flagged:.1%} of real MRI slices flagged as outside intended use"
 
 

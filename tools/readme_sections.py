@@ -121,7 +121,8 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
                       "other body parts were not available offline, so treat the flag as a safety net, not a "
                       "guarantee."]
     lines += ["", "Commands that produced it, in order (from the card's `training` record; each run after the first "
-                  "continued from the previous one with `--init-from`, same seed and therefore the same split):",
+                  "continued from the previous one with `--init-from` (its output copied to `weights/` first), same seed and "
+                  "therefore the same split; `make reproduce-weights` runs them into `runs/reproduce/`):",
               "", "```bash", *commands, "```"]
     if missing:
         lines.append(f"The first of these continued from an earlier model; the card of model `{missing[:12]}…` "

@@ -18,7 +18,7 @@ run: $(VENV)/.installed  ## dashboard on http://localhost:8501 (bound to localho
 test: $(VENV)/.installed  ## full pytest suite, browser end-to-end test included
 	$(PY) -m pytest
 
-train: $(VENV)/.installed  ## retrain the shipped model (CPU: about an hour)
+train: $(VENV)/.installed  ## train a fresh model from scratch (CPU: about an hour); `make reproduce-weights` re-runs the shipped one's commands
 	$(PY) train.py --data-root ../shared/data/brain-tumor-mri --out weights --epochs 30 --seed 42
 
 DATA ?= ../shared/data/brain-tumor-mri

@@ -139,6 +139,15 @@ def open_page(pg, url: str, heading: str) -> None:
     assert "Traceback" not in pg.inner_text("body")
 
 
+def start_on_folder(pg, box_label: str, folder: str, button: str) -> None:
+    """Type a folder into a page's path box, let the page settle, then press its start button."""
+    box = pg.get_by_role("textbox", name=box_label)
+    box.fill(folder)
+    box.press("Enter")
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    pg.get_by_role("button", name=button).click()
+
+
 def image_rgb(pg, img) -> np.ndarray:
     data = pg.request.get(urljoin(pg.url, img.get_attribute("src"))).body()
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
@@ -204,11 +213,7 @@ def test_upload_gives_prediction_and_heatmap(page, server, app_files):
 
 def test_batch_on_small_folder_fills_table(page, server):
     open_page(page, server + "/batch-review", "Batch review")
-    box = page.get_by_role("textbox", name="Folder to review")
-    box.fill("batch")
-    box.press("Enter")
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-    page.get_by_role("button", name="Start review").click()
+    start_on_folder(page, "Folder to review", "batch", "Start review")
     n = PER_CLASS * len(CLASSES) + 1
     page.get_by_text(f"Reviewed {n} files").wait_for()
     grid = page.locator('.st-key-batch_table [role="grid"]')  # the data grid's accessible (hidden) table
@@ -229,11 +234,7 @@ def test_batch_on_small_folder_fills_table(page, server):
 
 def test_batch_can_be_stopped_and_keeps_finished_rows(page, server):
     open_page(page, server + "/batch-review", "Batch review")
-    box = page.get_by_role("textbox", name="Folder to review")
-    box.fill("many")
-    box.press("Enter")
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-    page.get_by_role("button", name="Start review").click()
+    start_on_folder(page, "Folder to review", "many", "Start review")
     progress = page.locator('[data-testid="stProgress"]')
     page.wait_for_function(  # a running count and an ETA are shown while it works
         "Array.from(document.querySelectorAll('[data-testid=\"stProgress\"]'))"
@@ -257,11 +258,7 @@ def test_batch_can_be_stopped_and_keeps_finished_rows(page, server):
 def test_reevaluation_can_be_stopped(page, server):
     open_page(page, server + "/model-metrics", "Model metrics")
     page.get_by_role("tab", name="Re-evaluate").click()
-    box = page.get_by_role("textbox", name="Labelled folder")
-    box.fill("many")
-    box.press("Enter")
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-    page.get_by_role("button", name="Evaluate").click()
+    start_on_folder(page, "Labelled folder", "many", "Evaluate")
     page.wait_for_function(
         "Array.from(document.querySelectorAll('[data-testid=\"stProgress\"]'))"
         ".some(e => /[1-9][0-9,]* \\/ 800 images/.test(e.innerText))")

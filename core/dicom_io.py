@@ -121,7 +121,9 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
         has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
         if has_voi:
             try:
-                arr = np.asarray(apply_voi_lut(arr, ds), dtype=np.float64)
+                # A LUT table is indexed by whole input values (pydicom warns on float input); a window is not.
+                lut_input = np.rint(arr).astype(np.int64) if "VOILUTSequence" in ds else arr
+                arr = np.asarray(apply_voi_lut(lut_input, ds), dtype=np.float64)
             except (ValueError, TypeError, IndexError, KeyError) as exc:
                 warns.append(f"window/VOI LUT could not be applied ({exc}); used the full range")
         unit = to_unit_range(arr)
@@ -156,6 +158,7 @@ class DicomDisplay:
         file_window: (centre, width) of the first window stored in the file, or None.
         voi_lut_sequence: the file carries a VOI LUT table rather than (or besides) a window.
         voi_function: the file's VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID).
+        voi_lut_window: (centre, width) of the linear window closest to the file's VOI LUT table, or None.
     """
 
     values: np.ndarray
@@ -163,6 +166,7 @@ class DicomDisplay:
     file_window: tuple[float, float] | None
     voi_lut_sequence: bool
     voi_function: str = "LINEAR"
+    voi_lut_window: tuple[float, float] | None = None
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -176,7 +180,10 @@ class DicomDisplay:
 
     @property
     def default_window(self) -> tuple[float, float]:
-        return self.file_window or self.full_range_window
+        """Where the sliders start: what ``decode_dicom`` applied for the model. That is the VOI LUT table
+        (as its closest linear window) when there is one, as pydicom prefers it, else the file's window,
+        else the full range."""
+        return self.voi_lut_window or self.file_window or self.full_range_window
 
 
 def dicom_display(data: bytes, name: str, limits: DecodeLimits) -> DicomDisplay | None:
@@ -201,7 +208,28 @@ def dicom_display(data: bytes, name: str, limits: DecodeLimits) -> DicomDisplay 
     func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     return DicomDisplay(values.astype(np.float32), str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
                         file_window, "VOILUTSequence" in ds,
-                        func if func in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
+                        func if func in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR",
+                        _voi_lut_as_window(ds) if "VOILUTSequence" in ds else None)
+
+
+def _voi_lut_as_window(ds) -> tuple[float, float] | None:
+    """The input range over which the file's first VOI LUT rises from its lowest to its highest output,
+    as (centre, width): the linear window closest to the LUT, so the sliders start where the file's own
+    display (and the model input) starts. None when the LUT cannot be read or is flat."""
+    from pydicom.pixels import apply_voi
+
+    try:
+        n_entries, first = int(ds.VOILUTSequence[0].LUTDescriptor[0]) or 2**16, int(ds.VOILUTSequence[0].LUTDescriptor[1])
+        inputs = np.arange(first, first + n_entries, dtype=np.int64)
+        outputs = np.asarray(apply_voi(inputs, ds), dtype=np.float64)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError):
+        return None
+    rising = np.flatnonzero(outputs > outputs.min())
+    top = np.flatnonzero(outputs >= outputs.max())
+    if not len(rising) or not len(top):
+        return None
+    lo, hi = float(inputs[max(rising[0] - 1, 0)]), float(inputs[top[0]])  # last input at the floor, first at the top
+    return (lo + hi) / 2, max(hi - lo, 1.0)
 
 
 def apply_display_window(display: DicomDisplay, centre: float, width: float) -> np.ndarray:

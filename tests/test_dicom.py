@@ -122,3 +122,28 @@ def test_display_window_without_a_stored_window_monochrome1_and_sigmoid(tmp_path
     assert sig.voi_function == "SIGMOID" and inside.any()
     assert 0 < out[inside].min() and out[inside].max() < 1 and not np.allclose(out, linear, atol=1e-3)
     assert apply_display_window(disp, 100, 0).max() <= 1  # width below 1 is raised, not an error
+
+
+def test_voi_lut_table_is_applied_for_the_model_and_starts_the_display_window(tmp_path, scan16):
+    """A file with a VOI LUT table and no window: the model input goes through the table, and the sliders'
+    default window is the linear window closest to it, so the first display matches the model's input."""
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sequence import Sequence
+
+    from core.dicom_io import apply_display_window
+
+    lut = Item()
+    lut.add_new(0x00283002, "US", [2001, 1000, 16])  # LUT Descriptor: entries, first input mapped, bits
+    lut.add_new(0x00283006, "US", np.round(np.linspace(0, 65535, 2001)).astype(np.uint16).tolist())  # LUT Data
+    path = make_dicom(tmp_path / "lut.dcm", scan16, VOILUTSequence=Sequence([lut]))
+    pixels = decode_image(path).pixels
+    assert (pixels[scan16 <= 1000] == 0).all() and (pixels[scan16 >= 3000] == 1).all()  # the table, not min-max
+    disp = _display(path)
+    assert disp.voi_lut_sequence and disp.default_window == pytest.approx((2000.0, 2000.0), abs=1.0)
+    np.testing.assert_allclose(apply_display_window(disp, *disp.default_window), pixels, atol=2e-3)
+    # With a window stored as well, the table still wins (pydicom's preference), for the model and the sliders.
+    both = make_dicom(tmp_path / "both.dcm", scan16, VOILUTSequence=Sequence([lut]), WindowCenter="500",
+                      WindowWidth="100")
+    disp_both = _display(both)
+    assert disp_both.file_window == (500.0, 100.0) and disp_both.default_window == disp.default_window
+    np.testing.assert_allclose(decode_image(both).pixels, pixels, atol=1e-6)

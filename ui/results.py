@@ -88,12 +88,16 @@ class Analysis:
         """The file's stored display window, as rows for the tag table, or None."""
         if self.display is None:
             return None
+        if self.display.voi_lut_sequence:  # applied in preference to a stored window, as decode_dicom does
+            rows = {"Source": "VOI LUT table stored in the file"}
+            if self.display.voi_lut_window is not None:
+                c, w = self.display.voi_lut_window
+                rows["Closest linear window"] = f"centre {c:g}, width {w:g} (the sliders start here)"
+            return rows
         if self.display.file_window is not None:
             c, w = self.display.file_window
             return {"Window centre": f"{c:g}", "Window width": f"{w:g}",
                     "Source": "window stored in the file (first one applied)"}
-        if self.display.voi_lut_sequence:
-            return {"Source": "VOI LUT stored in the file"}
         return None
 
     @property

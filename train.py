@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
@@ -68,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, one-cycle)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights, updated every step (0: off). "
+                        "Each epoch the raw and the averaged weights are both scored on validation and the "
+                        "better one competes for the best checkpoint")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
     p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, help="pHash bits for near duplicates")
     p.add_argument("--ood-percentile", type=float, default=99.0, help="validation percentile used as OOD threshold")
@@ -130,6 +135,17 @@ def predict_arrays(model: Classifier, images: torch.Tensor, spec: PreprocessSpec
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
+def validation_scores(model: Classifier, images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec,
+                      device: torch.device) -> dict:
+    """Loss, accuracy and macro-F1 on validation, and the checkpoint score: macro-F1 first, lower loss breaks ties."""
+    logits, _ = predict_arrays(model, images, spec, device)
+    loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels)))
+    pred = logits.argmax(1)
+    f1 = float(f1_score(labels, pred, average="macro"))
+    return {"val_loss": loss, "val_accuracy": float((pred == labels).mean()), "val_macro_f1": f1,
+            "score": f1 - 1e-3 * loss}
+
+
 def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
                 val_labels: np.ndarray, spec: PreprocessSpec, args: argparse.Namespace, device: torch.device,
                 gen: torch.Generator) -> dict:
@@ -144,7 +160,10 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     aug = AugmentConfig()
     images, labels = images.to(device), labels.to(device)
-    best = {"score": -1.0, "epoch": -1, "state": None}
+    # use_buffers: BatchNorm running statistics are averaged too, so the averaged model is usable as it is.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+           if args.ema > 0 else None)
+    best = {"score": -1.0, "epoch": -1, "weights": "raw", "state": None}
     history = []
     for epoch in range(args.epochs):
         model.train()
@@ -169,24 +188,28 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        val_logits, _ = predict_arrays(model, val_images, spec, device)
-        val_loss = float(F.cross_entropy(torch.as_tensor(val_logits), torch.as_tensor(val_labels)))
-        val_pred = val_logits.argmax(1)
-        val_acc = float((val_pred == val_labels).mean())
-        val_f1 = float(f1_score(val_labels, val_pred, average="macro"))
-        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_acc,
-               "val_macro_f1": val_f1, "seconds": round(time.time() - t0, 1)}
+            if ema is not None:
+                ema.update_parameters(model)
+        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
+        row.update(validation_scores(model, val_images, val_labels, spec, device))
+        candidate, score, row["weights"] = model, row["score"], "raw"
+        if ema is not None:
+            ema_scores = validation_scores(ema.module, val_images, val_labels, spec, device)
+            row.update({f"ema_{k}": v for k, v in ema_scores.items()})
+            if ema_scores["score"] > score:
+                candidate, score, row["weights"] = ema.module, ema_scores["score"], "ema"
+        row["seconds"] = round(time.time() - t0, 1)
         history.append(row)
         print(json.dumps(row), flush=True)
-        score = val_f1 - 1e-3 * val_loss  # macro-F1 first, lower loss breaks ties
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best = {"score": score, "epoch": epoch + 1, "weights": row["weights"],
+                    "state": {k: v.detach().clone() for k, v in candidate.state_dict().items()}}
         elif epoch + 1 - best["epoch"] >= args.patience:
             print(f"early stop: no validation improvement for {args.patience} epochs", flush=True)
             break
     model.load_state_dict(best["state"])
-    return {"history": history, "best_epoch": best["epoch"], "epochs_run": len(history)}
+    return {"history": history, "best_epoch": best["epoch"], "best_weights": best["weights"],
+            "epochs_run": len(history)}
 
 
 def ood_probe_set(spec: PreprocessSpec, n_per_kind: int, seed: int) -> list:
@@ -323,10 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             "data_root": str(root), "train_dir": args.train_dir, "test_dir": args.test_dir,
             "data_fingerprint": {s: audit["splits"][s]["fingerprint"] for s in splits},
             "train_files": int(len(train_idx)), "val_files": int(len(val_idx)),
-            "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"], "history": result["history"],
+            "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
+            "best_weights": result["best_weights"], "history": result["history"],
             "duration_s": None, "torch": torch.__version__, "python": platform.python_version(),
             "hyperparameters": {k: getattr(args, k) for k in ("arch", "image_size", "epochs", "patience", "batch_size",
-                                                              "lr", "weight_decay", "label_smoothing", "val_fraction",
+                                                              "lr", "weight_decay", "label_smoothing", "ema", "val_fraction",
                                                               "near_distance")},
         },
     }

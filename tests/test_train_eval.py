@@ -138,3 +138,35 @@ def test_evaluation_predictions_are_audited(tmp_path, tiny_predictor, rng):
     rows = audit.recent(10)
     assert len(run.files) == 3 and len(rows) == 3
     assert {r["source"] for r in rows} == {"evaluate"} and all(len(r["file_sha256"]) == 64 for r in rows)
+
+
+def test_weight_averaging_keeps_the_weights_that_scored_best_on_validation():
+    """With --ema each epoch scores the raw and the averaged weights; the kept weights are the ones whose
+    validation loss is recorded for the best epoch (the loss tells raw and averaged weights apart)."""
+    import argparse
+
+    import torch
+
+    import train
+    from core.model import build_model
+    from core.preprocess import PreprocessSpec
+
+    gen = train.seed_everything(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 96)
+    images = rng.integers(0, 60, (96, 48, 48)).astype(np.uint8)
+    images[labels == 1, 12:36, 12:36] = 220  # a bright square makes class 1 learnable in a few steps
+    spec = PreprocessSpec(image_size=48, mean=0.2, std=0.3)
+    model = build_model("slimresnet", 1, 2)
+    args = argparse.Namespace(batch_size=16, max_steps=0, lr=3e-3, weight_decay=0.0, epochs=3, patience=3,
+                              label_smoothing=0.0, ema=0.7)
+    result = train.train_model(model, torch.from_numpy(images[:64]), torch.from_numpy(labels[:64]),
+                               torch.from_numpy(images[64:]), labels[64:], spec, args, torch.device("cpu"), gen)
+    rows = result["history"]
+    assert len(rows) == 3 and all("ema_val_loss" in r and r["weights"] in {"raw", "ema"} for r in rows)
+    best = rows[result["best_epoch"] - 1]
+    assert result["best_weights"] == best["weights"]
+    prefix = "ema_" if best["weights"] == "ema" else ""
+    kept = train.validation_scores(model, torch.from_numpy(images[64:]), labels[64:], spec, torch.device("cpu"))
+    assert kept["val_loss"] == pytest.approx(best[prefix + "val_loss"], rel=1e-5)
+    assert best["ema_val_loss"] != pytest.approx(best["val_loss"], rel=1e-5)

@@ -9,13 +9,15 @@ import streamlit as st
 
 from core.checkpoint import AUDIT_FILE, METRICS_FILE
 from core.evaluate import metrics_for_run, run_labelled
+from app_config import REPO
 from core.files import PathNotAllowedError, resolve_within
 from ui import state, views
 
 SETS = {"testing_full": "Testing — full split", "testing_leak_free": "Testing — leakage-free",
         "validation": "Validation"}
-TABS = ["Testing — full", "Testing — leakage-free", "Validation", "Data audit", "Misclassified", "Model card",
-        "Re-evaluate", "Audit trail"]
+TABS = ["Testing — full", "Testing — leakage-free", "Validation", "Stress test", "Data audit", "Misclassified",
+        "Model card", "Re-evaluate", "Audit trail"]
+SHIFT_REPORT_NAME = "shift_eval.json"  # written by `python -m tools.shift_eval`
 
 ctx = state.current()
 card = ctx.predictor.bundle.card
@@ -86,6 +88,32 @@ for tab_name, set_key in (("Testing — full", "testing_full"), ("Testing — le
                 desc = m.get("definition") or ("All images of the Testing split." if set_key == "testing_full" else
                                                "Held-out part of Training used for early stopping and calibration.")
                 views.metrics_set_view(m, metrics.get("class_names", names), key=set_key, description=desc)
+
+if tab_open("Stress test"):
+    with tabs["Stress test"]:
+        # A report beside the weights (a user's own model folder) wins over the repository's one.
+        report = next((r for p in (weights / SHIFT_REPORT_NAME, REPO / "reports" / SHIFT_REPORT_NAME)
+                       if (r := load_json(str(p), _stamp(p))) is not None), None)
+        if report is None or report.get("model", {}).get("sha256") != ctx.predictor.bundle.sha256:
+            st.info("No stress-test report for this model. Run `python -m tools.shift_eval` (add `--weights` and "
+                    f"`--out {weights / SHIFT_REPORT_NAME}` for a model of your own).", icon=":material/science:")
+        else:
+            shifts = report.get("shifts", {})
+            ref = shifts.get("none", {}).get("accuracy")
+            st.markdown("How accuracy moves when **every** image of a labelled folder is changed in one way that scans "
+                        f"from other sites differ by (folder `{report.get('data')}`). A large drop means: check a local "
+                        "sample before relying on the figures above. No training choice was made from this table.")
+            st.dataframe(pd.DataFrame([{"change": r.get("description", k), "images": r.get("n"),
+                                        "accuracy": r.get("accuracy"),
+                                        "Δ accuracy": None if ref is None or k == "none" else r["accuracy"] - ref,
+                                        "macro-F1": r.get("macro_f1"), "flagged": r.get("ood_flagged_rate")}
+                                       for k, r in shifts.items()]),
+                         hide_index=True, width="stretch", key="shift_eval", column_config={
+                             "accuracy": st.column_config.NumberColumn(format="percent"),
+                             "Δ accuracy": st.column_config.NumberColumn(format="%+.3f"),
+                             "macro-F1": st.column_config.NumberColumn(format="%.3f"),
+                             "flagged": st.column_config.NumberColumn("flagged outside intended use",
+                                                                      format="percent")})
 
 if tab_open("Data audit"):
     with tabs["Data audit"]:

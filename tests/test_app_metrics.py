@@ -111,3 +111,21 @@ def test_missing_metrics_file_still_renders(app_env, tmp_path, monkeypatch):
     at = metrics_page()
     assert any("No readable `metrics.json`" in w.value for w in at.warning)
     assert not at.exception
+
+
+def test_stress_test_tab_shows_the_report_only_for_the_loaded_model(tiny_bundle_dir, tmp_path, monkeypatch):
+    from tools import shift_eval
+
+    app_env = make_app_env(tmp_path, shutil.copytree(tiny_bundle_dir, tmp_path / "weights"), monkeypatch)
+    at = metrics_page("Stress test")
+    assert "no stress-test report for this model" in all_text(at).lower()
+    # The report for this model (found beside its weights) is drawn as a table, one row per change.
+    sha = json.loads((app_env.weights / "model_card.json").read_text())["weights"]["sha256"]
+    shifts = {k: {"description": d, "n": 10, "unreadable": 0, "accuracy": 0.9 if k == "none" else 0.8,
+                  "macro_f1": 0.8, "ood_flagged_rate": 0.1} for k, (d, _) in shift_eval.SHIFTS.items()}
+    (app_env.weights / "shift_eval.json").write_text(json.dumps(
+        {"model": {"sha256": sha}, "data": "Testing", "shifts": shifts}))
+    at = metrics_page("Stress test")
+    table = at.dataframe[-1].value
+    assert len(table) == len(shift_eval.SHIFTS) and table["Δ accuracy"].iloc[1] == pytest.approx(-0.1)
+    assert not at.error

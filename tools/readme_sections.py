@@ -3,7 +3,8 @@
 Two README blocks are generated, never typed:
   * ``model-results``: rendered from ``weights/model_card.json`` and ``weights/metrics.json``
     (written by train.py after reloading the saved weights);
-  * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``.
+  * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``;
+  * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``).
 
     python -m tools.readme_sections            # rewrite the blocks in README.md
     python -m tools.readme_sections --check    # exit 1 if README.md differs (the tests call this)
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 WEIGHTS = REPO / "weights"
 BENCH_SECTION = REPO / "bench" / "README_section.md"
+SHIFT_REPORT = REPO / "reports" / "shift_eval.json"
 
 # The targets set by the issue that asked for the model (Testing = the public 1311-image split).
 TARGETS = (
@@ -136,8 +138,34 @@ def render_bench() -> str:
     return "\n".join(text.splitlines()[1:]).strip() if text.startswith("## ") else text
 
 
+def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS) -> str:
+    if not report_path.is_file():
+        return "Not measured yet: run `python -m tools.shift_eval`."
+    report = json.loads(report_path.read_text())
+    shipped = json.loads((weights / "model_card.json").read_text())["weights"]["sha256"]
+    shifts = report["shifts"]
+    ref = shifts.get("none")
+    sample = f"an evenly spaced sample of {report['limit']}" if report["limit"] else "all"
+    lines = [
+        f"Measured by `python -m tools.shift_eval` on {sample} readable images of `{Path(report['data']).name}` "
+        f"(model `{report['model']['sha256'][:8]}…`, {report['precision']}, {report['seconds'] / 60:.0f} min). Each row "
+        "changes every image in one way and runs the serving path again; no training choice was made from it.",
+        "",
+        "| change to every image | images | accuracy | Δ accuracy | macro-F1 | flagged outside intended use |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for name, r in shifts.items():
+        delta = "" if ref is None or name == "none" else f"{r['accuracy'] - ref['accuracy']:+.3f}"
+        lines.append(f"| {r['description']} | {r['n']} | {r['accuracy']:.3f} | {delta} | {r['macro_f1']:.3f} | "
+                     f"{r['ood_flagged_rate']:.1%} |")
+    if report["model"]["sha256"] != shipped:
+        lines += ["", f"**Stale:** these figures are for model `{report['model']['sha256'][:8]}…`, not the shipped "
+                      f"`{shipped[:8]}…`; re-run `python -m tools.shift_eval`."]
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
-    return {"model-results": render_model_results(), "bench": render_bench()}
+    return {"model-results": render_model_results(), "bench": render_bench(), "shift-eval": render_shift_eval()}
 
 
 def apply(text: str, rendered: dict[str, str]) -> str:

@@ -1,0 +1,198 @@
+"""How the shipped model holds up when slices look like they came from another site.
+
+The model will meet scans of other sizes, contrasts and encodings than the Kaggle data. This
+stress test takes a labelled folder (default: the Testing split), changes every image in one
+controlled way at a time and re-runs the serving path (decode -> preprocess -> predictor):
+
+    python -m tools.shift_eval                       # Testing split, writes reports/shift_eval.json
+    python -m tools.shift_eval --data ROOT --limit 200
+
+Each shift is a plausible difference between sites, not a training augmentation to tune: the
+figures are a report, and no training choice is made from them (choices use the validation split).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Testing"
+DEFAULT_OUT = REPO / "reports" / "shift_eval.json"
+
+Image01 = np.ndarray  # float32 (H, W) in [0, 1]
+Shift = Callable[[Image01, np.random.Generator], "np.ndarray | bytes"]
+
+
+def _u8(x: Image01) -> np.ndarray:
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _resize_longest(x: Image01, side: int) -> np.ndarray:
+    h, w = x.shape
+    s = side / max(h, w)
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+    return _u8(cv2.resize(x, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp))
+
+
+def _encode(x: Image01, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_u8(x)).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _bias_field(x: Image01, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative intensity ramp (coil inhomogeneity), 0.7 to 1.3 across the slice."""
+    h, w = x.shape
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramp = (np.cos(angle) * (xx / w - 0.5) + np.sin(angle) * (yy / h - 0.5)) * 2  # about -1..1
+    return _u8(x * (1 + 0.3 * np.clip(ramp, -1, 1)))
+
+
+def _wider_field_of_view(x: Image01) -> np.ndarray:
+    """The head in the middle of a canvas 1.6 times larger (a wider field of view, more background)."""
+    h, w = x.shape
+    canvas = np.zeros((int(h * 1.6), int(w * 1.6)), np.float32)
+    y0, x0 = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
+    canvas[y0:y0 + h, x0:x0 + w] = x
+    return _u8(canvas)
+
+
+def _rotate(x: Image01, degrees: float) -> np.ndarray:
+    h, w = x.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return _u8(cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0))
+
+
+SHIFTS: dict[str, tuple[str, Shift]] = {
+    "none": ("the image as stored", lambda x, r: _u8(x)),
+    "small_128px": ("downsampled to 128 px (longest side)", lambda x, r: _resize_longest(x, 128)),
+    "large_1024px": ("upsampled to 1024 px (longest side)", lambda x, r: _resize_longest(x, 1024)),
+    "gamma_0.6": ("brighter mid-tones (gamma 0.6)", lambda x, r: _u8(x ** 0.6)),
+    "gamma_1.6": ("darker mid-tones (gamma 1.6)", lambda x, r: _u8(x ** 1.6)),
+    "low_contrast": ("contrast halved around mid-grey, dark background lifted", lambda x, r: _u8(0.25 + 0.5 * x)),
+    "bias_field": ("smooth intensity ramp 0.7-1.3 (coil inhomogeneity)", _bias_field),
+    "noise": ("Gaussian noise, sigma 0.04", lambda x, r: _u8(x + r.normal(0, 0.04, x.shape))),
+    "blur": ("Gaussian blur, sigma 1.5 px", lambda x, r: _u8(cv2.GaussianBlur(x, (0, 0), 1.5))),
+    "rotate_20": ("rotated 20 degrees (beyond the +-15 of augmentation)", lambda x, r: _rotate(x, 20)),
+    "flip_lr": ("mirrored left-right (radiological vs neurological convention)", lambda x, r: _u8(x[:, ::-1])),
+    "wide_fov": ("1.6x wider field of view (more background)", lambda x, r: _wider_field_of_view(x)),
+    "jpeg_q30": ("re-saved as JPEG quality 30", lambda x, r: _encode(x, "JPEG", quality=30)),
+    "png_16bit": ("16-bit PNG", lambda x, r: (np.clip(x, 0, 1) * 65535 + 0.5).astype(np.uint16)),
+}
+
+
+def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, seed: int = 0,
+                    batch_size: int = 64) -> dict:
+    """Accuracy, macro-F1 and the outside-intended-use rate of ``predictor`` on ``root/<class>/*`` per shift.
+
+    Every image is decoded once with the serving decoder; each shift then produces an array or
+    encoded bytes that go through the serving preprocessing and predictor, like an upload would.
+    ``limit`` takes that many images evenly spaced over the class-sorted list, so every class is sampled in
+    proportion (0: all).
+    """
+    from core.dataset import list_labelled_files
+    from core.errors import ImageLoadError
+    from core.image_io import decode_image
+    from core.preprocess import preprocess
+
+    names = predictor.class_names
+    files = list_labelled_files(root, names)
+    if limit and limit < len(files):
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    rng = np.random.default_rng(seed)
+    labels = {s: [] for s in shifts}
+    preds = {s: [] for s in shifts}
+    flags = {s: [] for s in shifts}
+    pending = {s: [] for s in shifts}
+    errors: dict[str, int] = {s: 0 for s in shifts}
+
+    def flush(s: str) -> None:
+        for (lab, pre), pr in zip(pending[s], predictor.predict_preprocessed([p for _, p in pending[s]])):
+            labels[s].append(lab)
+            preds[s].append(pr.index)
+            flags[s].append(pr.ood)
+        pending[s].clear()
+
+    for rel, lab in tqdm(files, desc="shift evaluation"):
+        try:
+            base = decode_image(root / rel).pixels
+        except ImageLoadError:
+            continue  # unreadable in the original: not a shift's fault
+        for s in shifts:
+            try:
+                pending[s].append((lab, preprocess(SHIFTS[s][1](base, rng), predictor.spec)))
+            except ImageLoadError:
+                errors[s] += 1
+            if len(pending[s]) >= batch_size:
+                flush(s)
+    out = {}
+    for s in shifts:
+        flush(s)
+        y, p = np.array(labels[s]), np.array(preds[s])
+        out[s] = {"description": SHIFTS[s][0], "n": int(len(y)), "unreadable": errors[s],
+                  "accuracy": float(accuracy_score(y, p)),
+                  "macro_f1": float(f1_score(y, p, average="macro", labels=list(range(len(names))))),
+                  "ood_flagged_rate": float(np.mean(flags[s]))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default=str(REPO / "weights"), help="model folder")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="labelled folder ROOT/<class>/<images>")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path")
+    p.add_argument("--shifts", default=",".join(SHIFTS), help="comma-separated shifts")
+    p.add_argument("--limit", type=int, default=0, help="evaluate an evenly spaced sample of this many images (0: all)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random shifts (noise, bias field direction)")
+    args = p.parse_args(argv)
+
+    from core.checkpoint import load_bundle
+    from core.device import select_device
+    from core.errors import CheckpointError
+    from core.predictor import Predictor
+
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
+    unknown = [s for s in shifts if s not in SHIFTS]
+    if unknown:
+        print(f"error: unknown shift(s) {unknown}; choose from {list(SHIFTS)}", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"error: data folder not found: {data}", file=sys.stderr)
+        return 2
+    try:
+        bundle = load_bundle(args.weights)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    predictor = Predictor(bundle, select_device(args.device))
+    t0 = time.time()
+    results = evaluate_shifts(predictor, data, shifts, args.limit, args.seed)
+    report = {"model": {"sha256": bundle.sha256, "version": bundle.card.get("version")},
+              "data": str(data), "limit": args.limit, "seed": args.seed, "precision": predictor.precision,
+              "seconds": round(time.time() - t0, 1), "shifts": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for name, r in results.items():
+        print(f"{name:14s} acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  flagged {r['ood_flagged_rate']:.1%}"
+              f"  ({r['description']})")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -219,7 +219,8 @@ def _voi_lut_as_window(ds) -> tuple[float, float] | None:
     from pydicom.pixels import apply_voi
 
     try:
-        n_entries, first = int(ds.VOILUTSequence[0].LUTDescriptor[0]) or 2**16, int(ds.VOILUTSequence[0].LUTDescriptor[1])
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor  # entries (0 means 65536), first input value mapped, bits
+        n_entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
         inputs = np.arange(first, first + n_entries, dtype=np.int64)
         outputs = np.asarray(apply_voi(inputs, ds), dtype=np.float64)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError):

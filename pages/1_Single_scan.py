@@ -117,8 +117,8 @@ def display_window(analysis: Analysis) -> tuple[float, float] | None:
         centre = st.slider("Window centre (level)", float(lo - span), float(hi + span), step=step, key=kc)
         width = st.slider("Window width", float(step), float(2 * span), step=step, key=kw)
         b1, b2 = st.columns(2)
-        b1.button("File window" if disp.file_window or disp.voi_lut_window else "Default window", on_click=reset, args=(c0, w0),
-                  key=f"win_reset_{analysis.file_sha256[:12]}", width="stretch")
+        b1.button("File window" if disp.file_window or disp.voi_lut_window else "Default window", on_click=reset,
+                  args=(c0, w0), key=f"win_reset_{analysis.file_sha256[:12]}", width="stretch")
         full_c, full_w = disp.full_range_window
         b2.button("Full range", on_click=reset, args=(full_c, full_w), key=f"win_full_{analysis.file_sha256[:12]}",
                   width="stretch")

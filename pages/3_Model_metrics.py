@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_config import REPO
 from core.checkpoint import AUDIT_FILE, METRICS_FILE
 from core.evaluate import metrics_for_run, run_labelled
-from app_config import REPO
 from core.files import PathNotAllowedError, resolve_within
 from ui import state, views
 

@@ -214,7 +214,8 @@ def model_card_view(card: dict) -> None:
         st.markdown("**Data fingerprint** (SHA-256 over the file list and contents of each split)")
         st.dataframe(pd.DataFrame({"split": list(fp), "fingerprint": list(fp.values())}), hide_index=True,
                      width="stretch", key="card_fingerprint")
-    facts = {k: training.get(k) for k in ("seed", "device", "epochs_run", "best_epoch", "train_files", "val_files")
+    facts = {k: training.get(k) for k in ("seed", "device", "epochs_run", "best_epoch", "best_weights", "train_files",
+                                          "val_files")
              if training.get(k) is not None}
     if facts:
         st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))

@@ -16,3 +16,36 @@ def test_rendered_block_reports_every_target_and_the_commands():
         assert target in text
     assert "python train.py" in text and "--seed" in text
     assert "| Testing, full |" in text and "| Testing, leakage-free subset¹ |" in text
+
+
+def test_shift_report_is_for_the_shipped_model():
+    import json
+
+    report = json.loads(readme_sections.SHIFT_REPORT.read_text())
+    card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
+    assert report["model"]["sha256"] == card["weights"]["sha256"], "re-run `python -m tools.shift_eval`"
+    assert "none" in report["shifts"] and all(0 <= r["accuracy"] <= 1 for r in report["shifts"].values())
+
+
+def test_make_reproduce_weights_runs_the_cards_commands():
+    """`make reproduce-weights` must re-run exactly the recorded chain (paths for --out/--init-from aside)."""
+    import json
+    import shlex
+
+    def core_args(cmd: str) -> list[str]:
+        words, out, skip = shlex.split(cmd), [], False
+        for w in words:
+            if skip:
+                skip = False
+            elif w in ("--out", "--init-from"):
+                skip = True
+            else:
+                out.append(w)
+        return out
+
+    card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
+    recorded, _ = readme_sections._commands(card["training"])
+    make = (readme_sections.REPO / "Makefile").read_text().split("reproduce-weights:", 1)[1].split("\n\n", 1)[0]
+    steps = [line.strip().replace("$(PY)", "python").replace("$(DATA)", "../shared/data/brain-tumor-mri")
+             for line in make.splitlines()[1:] if line.startswith("\t")]
+    assert [core_args(c) for c in steps] == [core_args(c) for c in recorded]

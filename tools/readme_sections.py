@@ -1,6 +1,6 @@
 """Keep the README's figures equal to what the code measured.
 
-Two README blocks are generated, never typed:
+Three README blocks are generated, never typed:
   * ``model-results``: rendered from ``weights/model_card.json`` and ``weights/metrics.json``
     (written by train.py after reloading the saved weights);
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``;
@@ -113,10 +113,11 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
                  f"{'yes' if size_mb <= MAX_WEIGHTS_MB else '**no**'} |")
     if any("**no**" in line for line in lines[-len(TARGETS) - 1:]):
         lines += ["", "**Where a target is missed** (**no** above): the model is a small network trained from scratch "
-                      "on two CPU cores; no GPU and no internet (so no ImageNet initialisation) were available. What "
-                      "would close the gap: more epochs, the same recipe at 192–224 px, or `--arch resnet18 "
-                      "--pretrained` on a machine with internet access — each chosen on the validation split, never "
-                      "tuned on Testing."]
+                      "on two CPU cores; no GPU and no internet (so no ImageNet initialisation) were available. More "
+                      "epochs of this recipe have stopped helping (validation has been flat over the last runs; see "
+                      "the card's `history`). What would likely close the gap: 192–224 px input or a wider network, "
+                      "trained on a GPU, or `--arch resnet18 --pretrained` on a machine with internet access — each "
+                      "chosen on the validation split, never tuned on Testing."]
     ood = metrics.get("ood") or {}
     if ood:
         lines += ["", f"**Outside intended use.** Images that are blank, coloured, or whose features are far from "

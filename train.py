@@ -264,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir, args.workers, args.patience = str(Path(tmp.name) / "cache"), 1, max(args.patience, 2)
         args.out = args.out or str(Path(tmp.name) / "weights")
     out = Path(args.out or Path(__file__).resolve().parent / "weights")
-    device = select_device(args.device)
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"device: {device}; output: {out}", flush=True)
     started = time.time()
 

@@ -10,7 +10,7 @@ def select_device(preference: str = "auto") -> torch.device:
     Args:
         preference: "auto", "cpu", "cuda", "cuda:N" or "mps".
     Raises:
-        ValueError: when a named device is not available here.
+        ValueError: when the name is not a device, or the named device is not available here.
     """
     pref = (preference or "auto").lower()
     if pref == "auto":
@@ -19,7 +19,10 @@ def select_device(preference: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(pref)
+    try:
+        dev = torch.device(pref)
+    except RuntimeError:  # torch's message lists every backend it knows; say what this project accepts
+        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device auto or cpu")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

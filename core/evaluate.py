@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ from core.audit_trail import AuditTrail
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.dataset import list_labelled_files
 from core.device import select_device
-from core.errors import ImageLoadError
+from core.errors import CheckpointError, ImageLoadError
 from core.metrics import evaluate_predictions, summary
 from core.predictor import Predictor
 from core.image_io import decode_bytes, read_source_bytes
@@ -115,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     args = p.parse_args(argv)
-    bundle = load_bundle(args.weights)
-    predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
-    run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
+    try:  # as core.batch: a bad model folder, device or labelled folder is a clear error, not a traceback
+        bundle = load_bundle(args.weights)
+        predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
+        run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
     metrics["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
     print(json.dumps(summary(metrics), indent=2))

@@ -18,6 +18,8 @@ def test_select_device_prefers_available_and_validates():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):  # a typo is a clear error, not torch's list
+        select_device("gpu0")
 
 
 def test_predict_probabilities(tiny_predictor, scan_u8):

@@ -53,3 +53,4 @@ def test_cli_writes_a_report_and_refuses_unknown_shifts(labelled, tiny_bundle_di
     assert report["model"]["sha256"]
     assert shift_eval.main(args + ["--shifts", "sharpen"]) == 2
     assert shift_eval.main(args[:2] + ["--data", str(tmp_path / "missing")]) == 2
+    assert shift_eval.main(args[:-2] + ["--device", "gpu0"]) == 2

@@ -39,6 +39,9 @@ def test_missing_training_folder_is_a_clear_error(tmp_path):
     res = subprocess.run([sys.executable, "train.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "training folder not found" in res.stderr and "Traceback" not in res.stderr
+    import train
+
+    assert train.main(["--data-root", str(tmp_path), "--device", "gpu0"]) == 2  # unknown device: a message
 
 
 def test_evaluate_command_on_a_labelled_folder(tmp_path, tiny_bundle_dir, rng):
@@ -55,6 +58,10 @@ def test_evaluate_command_on_a_labelled_folder(tmp_path, tiny_bundle_dir, rng):
     assert evaluate_main([str(tmp_path / "lab"), "--weights", str(tiny_bundle_dir), "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["n"] == 12 and len(m["unreadable"]) == 1 and "empty" in m["unreadable"][0]["error"]
+    # Not a labelled folder, a bad model folder, an unknown device: a message and exit code 2, no traceback.
+    assert evaluate_main([str(tmp_path), "--weights", str(tiny_bundle_dir)]) == 2
+    assert evaluate_main([str(tmp_path / "lab"), "--weights", str(tmp_path / "nope")]) == 2
+    assert evaluate_main([str(tmp_path / "lab"), "--weights", str(tiny_bundle_dir), "--device", "gpu0"]) == 2
 
 
 def test_metrics_match_known_answers():

@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         bundle = load_bundle(args.weights)
-    except CheckpointError as exc:
+        predictor = Predictor(bundle, select_device(args.device))
+    except (CheckpointError, ValueError) as exc:  # as core.batch: a bad model folder or device is a clear error
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictor = Predictor(bundle, select_device(args.device))
     t0 = time.time()
     results = evaluate_shifts(predictor, data, shifts, args.limit, args.seed)
     report = {"model": {"sha256": bundle.sha256, "version": bundle.card.get("version")},

@@ -46,7 +46,9 @@ from core.model import Classifier, build_model
 from core.ood import MahalanobisOOD
 from core.predictor import Predictor
 from core.preprocess import PreprocessSpec, preprocess, to_model_tensor
+from core.quantize import FeaturesAndLogits
 from core.synthetic import NON_MRI_KINDS, fake_scan, non_mri_image
+from core.tta import TTA_MODES, with_tta
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "shared" / "data" / "brain-tumor-mri"
 
@@ -63,16 +65,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model folder to continue training from (same arch, classes and input spec); "
                         "its SHA-256 and command are recorded in the new card")
     p.add_argument("--image-size", type=int, default=160, help="model input side in pixels")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs")
+    p.add_argument("--epochs", type=int, default=30,
+                   help="maximum epochs (0 with --init-from: no training; re-fit calibration and OOD "
+                        "statistics for the parent's weights, e.g. under a new --tta, and evaluate)")
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation improvement")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, one-cycle)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
+    p.add_argument("--gamma-range", type=float, nargs=2, default=list(AugmentConfig.gamma_range), metavar=("LO", "HI"),
+                   help="augmentation: random intensity gamma per image (other scanners and sequences; "
+                        "above 1 darkens mid-tones)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="decay of an exponential moving average of the weights, updated every step (0: off). "
                         "Each epoch the raw and the averaged weights are both scored on validation and the "
                         "better one competes for the best checkpoint")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation for validation scoring, calibration, evaluation and serving "
+                        "(stored in the card): hflip averages each slice with its left-right mirror")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
     p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, help="pHash bits for near duplicates")
     p.add_argument("--ood-percentile", type=float, default=99.0, help="validation percentile used as OOD threshold")
@@ -121,24 +131,26 @@ def batches(n: int, size: int, shuffle: bool, gen: torch.Generator | None = None
 
 
 def predict_arrays(model: Classifier, images: torch.Tensor, spec: PreprocessSpec, device: torch.device,
-                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, K) and pooled features (N, F) for uint8 (N, S, S) images, no augmentation."""
+                   tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) and pooled features (N, F) for uint8 (N, S, S) images, no training
+    augmentation; test-time augmentation ``tta`` as the predictor applies it (``core.tta``)."""
     model.eval()
     amp = autocast_dtype(device)
+    forward = FeaturesAndLogits(model)
     logits, feats = [], []
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for idx in batches(len(images), batch_size, shuffle=False):
             x = to_model_tensor(images[idx].to(device).float() / 255, spec)
-            f = model.forward_features(x)
-            logits.append(model.head(f).float().cpu())
+            lg, f = with_tta(forward, x, tta)
+            logits.append(lg.float().cpu())
             feats.append(f.float().cpu())
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
 def validation_scores(model: Classifier, images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec,
-                      device: torch.device) -> dict:
+                      device: torch.device, tta: str = "none") -> dict:
     """Loss, accuracy and macro-F1 on validation, and the checkpoint score: macro-F1 first, lower loss breaks ties."""
-    logits, _ = predict_arrays(model, images, spec, device)
+    logits, _ = predict_arrays(model, images, spec, device, tta)
     loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels)))
     pred = logits.argmax(1)
     f1 = float(f1_score(labels, pred, average="macro"))
@@ -158,7 +170,7 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
                                                 pct_start=0.15)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    aug = AugmentConfig()
+    aug = AugmentConfig(gamma_range=(args.gamma_range[0], args.gamma_range[1]))
     images, labels = images.to(device), labels.to(device)
     # use_buffers: BatchNorm running statistics are averaged too, so the averaged model is usable as it is.
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
@@ -191,10 +203,10 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
             if ema is not None:
                 ema.update_parameters(model)
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
-        row.update(validation_scores(model, val_images, val_labels, spec, device))
+        row.update(validation_scores(model, val_images, val_labels, spec, device, args.tta))
         candidate, score, row["weights"] = model, row["score"], "raw"
         if ema is not None:
-            ema_scores = validation_scores(ema.module, val_images, val_labels, spec, device)
+            ema_scores = validation_scores(ema.module, val_images, val_labels, spec, device, args.tta)
             row.update({f"ema_{k}": v for k, v in ema_scores.items()})
             if ema_scores["score"] > score:
                 candidate, score, row["weights"] = ema.module, ema_scores["score"], "ema"
@@ -264,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir, args.workers, args.patience = str(Path(tmp.name) / "cache"), 1, max(args.patience, 2)
         args.out = args.out or str(Path(tmp.name) / "weights")
     out = Path(args.out or Path(__file__).resolve().parent / "weights")
+    if args.epochs < 0 or (args.epochs == 0 and not args.init_from):
+        print("error: --epochs must be at least 1, or 0 together with --init-from (re-fit only)", file=sys.stderr)
+        return 2
+    if not 0 < args.gamma_range[0] <= args.gamma_range[1]:
+        print(f"error: --gamma-range needs 0 < LO <= HI, got {args.gamma_range}", file=sys.stderr)
+        return 2
     try:
         device = select_device(args.device)
     except ValueError as exc:
@@ -301,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{class_names}, {args.arch}, {args.image_size}", file=sys.stderr)
             return 2
         spec = parent.spec  # continue with exactly the parent's input contract
+        if not args.epochs:  # nothing is trained: the card keeps the augmentation the weights were trained with
+            args.gamma_range = parent.card.get("training", {}).get("hyperparameters", {}).get(
+                "gamma_range", args.gamma_range)
     else:
         pix = tr_images[train_idx].astype(np.float32) / 255
         spec = replace(spec, mean=round(float(pix.mean()), 5), std=round(float(pix.std()), 5))
@@ -317,11 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     images_t = torch.from_numpy(tr_images)
-    result = train_model(model, images_t[train_idx], torch.from_numpy(labels[train_idx]), images_t[val_idx],
-                         labels[val_idx], spec, args, device, gen)
+    if args.epochs:
+        result = train_model(model, images_t[train_idx], torch.from_numpy(labels[train_idx]), images_t[val_idx],
+                             labels[val_idx], spec, args, device, gen)
+    else:  # re-fit only: the parent's weights as they are
+        result = {"history": [], "best_epoch": 0, "best_weights": "parent", "epochs_run": 0}
 
-    val_logits, _ = predict_arrays(model, images_t[val_idx], spec, device)
+    val_logits, _ = predict_arrays(model, images_t[val_idx], spec, device, args.tta)
     temperature = fit_temperature(val_logits, labels[val_idx])
+    # Features are those of the unmirrored view under any --tta (core.tta), so no TTA pass here.
     _, train_feats = predict_arrays(model, images_t[train_idx], spec, device)
     ood = MahalanobisOOD.fit(train_feats, labels[train_idx], len(class_names))
     _, val_feats = predict_arrays(model, images_t[val_idx], spec, device)
@@ -338,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "architecture": {"name": args.arch, "in_channels": spec.channels, "num_classes": len(class_names),
                          "parameters": sum(p.numel() for p in model.parameters()), "pretrained": args.pretrained},
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
+        "inference": {"tta": args.tta},
         "ood": {"method": "image gates (blank, colour) + Mahalanobis distance of penultimate features",
                 "threshold": ood.threshold, "threshold_percentile_of_validation": args.ood_percentile},
         "training": {
@@ -353,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
             "best_weights": result["best_weights"], "history": result["history"],
             "duration_s": None, "torch": torch.__version__, "python": platform.python_version(),
-            "hyperparameters": {k: getattr(args, k) for k in ("arch", "image_size", "epochs", "patience", "batch_size",
-                                                              "lr", "weight_decay", "label_smoothing", "ema", "val_fraction",
-                                                              "near_distance")},
+            "hyperparameters": {k: getattr(args, k) for k in (
+                "arch", "image_size", "epochs", "patience", "batch_size", "lr", "weight_decay", "label_smoothing",
+                "gamma_range", "ema", "tta", "val_fraction", "near_distance")},
         },
     }
     card = save_bundle(out, model, card, ood)

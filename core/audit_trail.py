@@ -1,7 +1,7 @@
 """Append-only audit trail of every prediction, in a local SQLite database (WAL mode).
 
 Each record holds the time, the file's SHA-256 (never the image, never patient tags),
-the model's SHA-256, the predicted class, the probabilities, the flags and the CAM
+the model's SHA-256 and version, the predicted class, the probabilities, the flags and the CAM
 method. Each write is its own transaction; WAL lets many sessions write and read at once.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     source TEXT NOT NULL,
     file_sha256 TEXT NOT NULL,
     model_sha256 TEXT NOT NULL,
+    model_version TEXT,
     predicted TEXT,
     confidence REAL,
     probabilities TEXT,
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     error TEXT
 )
 """
-COLUMNS = ("id", "timestamp", "source", "file_sha256", "model_sha256", "predicted", "confidence",
+COLUMNS = ("id", "timestamp", "source", "file_sha256", "model_sha256", "model_version", "predicted", "confidence",
            "probabilities", "ood", "uncertain", "cam_method", "error")
 
 
@@ -61,24 +62,29 @@ class AuditTrail:
         with closing(self._connect()) as con, con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
+            # Trails written before model_version existed gain the column (empty for their old rows):
+            # the version tells apart re-fits of the same weights (train.py --epochs 0).
+            if "model_version" not in {r[1] for r in con.execute("PRAGMA table_info(predictions)")}:
+                con.execute("ALTER TABLE predictions ADD COLUMN model_version TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)
         con.execute("PRAGMA busy_timeout=30000")
         return con
 
-    def record(self, *, source: str, file_sha256: str, model_sha256: str, predicted: str | None = None,
-               confidence: float | None = None, probabilities: dict[str, float] | None = None,
+    def record(self, *, source: str, file_sha256: str, model_sha256: str, model_version: str | None = None,
+               predicted: str | None = None, confidence: float | None = None,
+               probabilities: dict[str, float] | None = None,
                ood: bool | None = None, uncertain: bool | None = None, cam_method: str | None = None,
                error: str | None = None) -> None:
         """Append one record in its own transaction."""
-        row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source, file_sha256, model_sha256, predicted,
-               confidence, json.dumps(probabilities) if probabilities is not None else None,
+        row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source, file_sha256, model_sha256, model_version,
+               predicted, confidence, json.dumps(probabilities) if probabilities is not None else None,
                None if ood is None else int(ood), None if uncertain is None else int(uncertain), cam_method, error)
         with self._lock, closing(self._connect()) as con, con:  # "with con" commits or rolls back
-            con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, predicted, "
-                        "confidence, probabilities, ood, uncertain, cam_method, error) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, model_version, "
+                        "predicted, confidence, probabilities, ood, uncertain, cam_method, error) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def recent(self, limit: int = 100) -> list[dict]:
         """Newest records first."""

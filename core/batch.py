@@ -123,6 +123,7 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
                 # gets "<file>" in place of the name.
                 error = r["error"].replace(Path(r["path"]).name, "<file>") if r["error"] else None
                 audit.record(source="batch", file_sha256=r["file_sha256"], model_sha256=model_sha,
+                             model_version=predictor.bundle.version,
                              predicted=r["predicted"] or None, confidence=r["confidence"] or None,
                              probabilities={c: r[f"p_{c}"] for c in names} if r["predicted"] else None,
                              ood=r["ood"] if r["predicted"] else None,

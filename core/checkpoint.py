@@ -26,6 +26,7 @@ from core.errors import CheckpointError
 from core.model import Classifier, build_model
 from core.ood import MahalanobisOOD
 from core.preprocess import PreprocessSpec
+from core.tta import check_tta
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -65,6 +66,28 @@ class ModelBundle:
     @property
     def name(self) -> str:
         return str(self.card.get("name", "model"))
+
+    @property
+    def identity(self) -> dict:
+        """What decides this model's outputs: see :func:`model_identity`."""
+        return model_identity(self.card)
+
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation the model was calibrated and evaluated with (``core.tta``); cards
+        written before the field existed mean "none"."""
+        return str(self.card.get("inference", {}).get("tta", "none"))
+
+
+def model_identity(card: dict) -> dict:
+    """{"sha256", "version", "tta"} of a model card.
+
+    The weights' SHA-256 alone does not identify a model's outputs: ``train.py --epochs 0``
+    re-fits calibration and test-time augmentation for unchanged weights. A report made for
+    a model (the stress test) records this and is shown only for an equal one.
+    """
+    return {"sha256": card.get("weights", {}).get("sha256"), "version": card.get("version"),
+            "tta": card.get("inference", {}).get("tta", "none")}
 
 
 def save_bundle(folder: str | Path, model: Classifier, card: dict, ood: MahalanobisOOD | None = None) -> dict:
@@ -110,8 +133,11 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
         arch = card["architecture"]
         class_names = list(card["class_names"])
         spec = PreprocessSpec.from_dict(card["input_spec"])
-    except (KeyError, TypeError) as exc:
+        check_tta(str(card.get("inference", {}).get("tta", "none")))
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"model card {folder / CARD_FILE} is missing field {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
     if not wfile.is_file():
         raise CheckpointError(f"weights file not found: {wfile}")
     # Read once, then hash and parse the same bytes: the file cannot be swapped in between.

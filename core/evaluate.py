@@ -65,6 +65,7 @@ def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
         for (rel, lab, pre, sha), pr in zip(pending, predictor.predict_preprocessed([p[2] for p in pending])):
             if audit is not None:
                 audit.record(source="evaluate", file_sha256=sha, model_sha256=predictor.bundle.sha256,
+                             model_version=predictor.bundle.version,
                              predicted=pr.label, confidence=pr.confidence, probabilities=pr.probabilities,
                              ood=pr.ood)
             kept.append(rel)

@@ -20,6 +20,7 @@ from core.device import autocast_dtype
 from core.ood import image_gate
 from core.preprocess import Preprocessed, preprocess, to_model_tensor
 from core.quantize import CALIBRATION_FILE, FeaturesAndLogits, int8_supported, load_calibration, quantize
+from core.tta import check_tta, with_tta
 
 # What ``precision`` may be. "auto" resolves per device: cuda/mps -> mixed precision
 # (bf16 where supported, else fp16); cpu -> bf16 autocast where the CPU computes bf16
@@ -81,15 +82,19 @@ class Predictor:
             CPU it was slower and costs ~30 s of compilation; bench reports it on GPU).
         int8_calibration: with precision "int8": path of an ``int8_calibration.safetensors``;
             default: the one beside the shipped weights, used only if made for these weights.
+        tta: test-time augmentation (``core.tta``): None uses the card's, the mode the
+            temperature and the reported metrics were fitted with; "none" or "hflip" override it
+            (e.g. "none" halves the cost of a prediction, at the accuracy of a single view).
 
     ``model`` stays the fp32 eager network (Grad-CAM differentiates it); predictions
     run through :attr:`infer`, which maps a standardised batch to (logits, features).
     """
 
     def __init__(self, bundle: ModelBundle, device: torch.device, precision: str = "auto", batch_size: int = 32,
-                 *, compile: bool = False, int8_calibration: str | Path | None = None):
+                 *, compile: bool = False, int8_calibration: str | Path | None = None, tta: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.tta = check_tta(bundle.tta if tta is None else tta)
         self.bundle = bundle
         self.device = device
         self.spec = bundle.spec
@@ -155,7 +160,8 @@ class Predictor:
     def describe(self) -> dict:
         """What runs where: for logs, the dashboard and the benchmark."""
         return {"device": str(self.device), "precision": self.precision, "requested": self.requested_precision,
-                "compiled": self.compiled, "memory_format": str(self.memory_format).replace("torch.", ""),
+                "compiled": self.compiled, "tta": self.tta,
+                "memory_format": str(self.memory_format).replace("torch.", ""),
                 "int8_calibration": getattr(self, "int8_calibration_path", None)}
 
     def _on_device(self, t: torch.Tensor) -> bool:
@@ -188,11 +194,15 @@ class Predictor:
         return self.to_device(to_model_tensor(np.stack([it.image for it in items]), self.spec))
 
     def logits_and_scores(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Raw logits float (N, K) and OOD scores float (N,) for a standardised batch."""
+        """Raw logits float (N, K) and OOD scores float (N,) for a standardised batch.
+
+        With test-time augmentation the logits are those of ``core.tta.with_tta``.
+        """
         batch = self.to_device(batch)
         with torch.inference_mode():
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits, feats = self.infer(batch)
+                logits, feats = with_tta(lambda b: self.infer(b.contiguous(memory_format=self.memory_format)),
+                                         batch, self.tta)
             # The Mahalanobis quadratic form stays fp32, outside autocast: in bf16 its
             # 256-d matmuls lose enough precision to move scores across the threshold.
             scores = self.ood.score(feats.float()) if self.ood is not None else torch.zeros(len(batch))

@@ -73,7 +73,9 @@ def pick_source() -> tuple[bytes, str] | None:
 def get_analysis(data: bytes, name: str) -> Analysis:
     """Analyse once per file and model in this session (and log it once to the audit trail)."""
     cache: OrderedDict = st.session_state.setdefault("single_analyses", OrderedDict())
-    key = (hashlib.sha256(data).hexdigest(), ctx.predictor.bundle.sha256)
+    model = ctx.predictor.bundle
+    # The model's identity, not only its weights: a re-fit keeps the weights but changes the probabilities.
+    key = (hashlib.sha256(data).hexdigest(), model.sha256, model.version, ctx.predictor.tta)
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
@@ -82,7 +84,8 @@ def get_analysis(data: bytes, name: str) -> Analysis:
     pred = analysis.prediction
     if ctx.audit is not None:
         try:
-            ctx.audit.record(source="single", file_sha256=analysis.file_sha256, model_sha256=key[1],
+            ctx.audit.record(source="single", file_sha256=analysis.file_sha256, model_sha256=model.sha256,
+                             model_version=model.version,
                              predicted=pred.label, confidence=pred.confidence, probabilities=pred.probabilities,
                              ood=pred.ood, uncertain=pred.is_uncertain(ctx.uncertain_below),
                              cam_method=st.session_state.get("cam_method", "gradcam"))

@@ -94,7 +94,7 @@ if tab_open("Stress test"):
         # A report beside the weights (a user's own model folder) wins over the repository's one.
         report = next((r for p in (weights / SHIFT_REPORT_NAME, REPO / "reports" / SHIFT_REPORT_NAME)
                        if (r := load_json(str(p), _stamp(p))) is not None), None)
-        if report is None or report.get("model", {}).get("sha256") != ctx.predictor.bundle.sha256:
+        if report is None or report.get("model") != ctx.predictor.bundle.identity:
             st.info("No stress-test report for this model. Run `python -m tools.shift_eval` (add `--weights` and "
                     f"`--out {weights / SHIFT_REPORT_NAME}` for a model of your own).", icon=":material/science:")
         else:
@@ -102,7 +102,8 @@ if tab_open("Stress test"):
             ref = shifts.get("none", {}).get("accuracy")
             st.markdown("How accuracy moves when **every** image of a labelled folder is changed in one way that scans "
                         f"from other sites differ by (folder `{report.get('data')}`). A large drop means: check a local "
-                        "sample before relying on the figures above. No training choice was made from this table.")
+                        "sample before relying on the figures above. Models are selected on the validation split, "
+                        "never on this table.")
             st.dataframe(pd.DataFrame([{"change": r.get("description", k), "images": r.get("n"),
                                         "accuracy": r.get("accuracy"),
                                         "Δ accuracy": None if ref is None or k == "none" else r["accuracy"] - ref,

@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, CORRUPT_NAME, all_text, make_app_env, make_labelled_folder, scan_png
+from core.checkpoint import model_identity
 
 TIMEOUT = 180
 PAGE = "pages/3_Model_metrics.py"
@@ -113,6 +114,21 @@ def test_missing_metrics_file_still_renders(app_env, tmp_path, monkeypatch):
     assert not at.exception
 
 
+def test_a_mirror_averaged_model_says_so_in_the_sidebar_and_its_card(tiny_bundle_dir, tmp_path, monkeypatch):
+    app_env = make_app_env(tmp_path, shutil.copytree(tiny_bundle_dir, tmp_path / "weights"), monkeypatch)
+    card_path = app_env.weights / "model_card.json"
+    card = json.loads(card_path.read_text())
+    parent_sha = card["weights"]["sha256"]
+    card["inference"] = {"tta": "hflip"}
+    card["training"].update(epochs_run=0, init_from={"sha256": parent_sha, "command": "python train.py"})
+    card_path.write_text(json.dumps(card))
+    at = metrics_page("Model card")
+    assert any("mirror-averaged" in m.value for m in at.sidebar.markdown)
+    text = all_text(at)
+    assert "Test-time augmentation." in text and f"unchanged from {parent_sha[:12]}" in text
+    assert not at.error
+
+
 def test_stress_test_tab_shows_the_report_only_for_the_loaded_model(tiny_bundle_dir, tmp_path, monkeypatch):
     from tools import shift_eval
 
@@ -120,12 +136,16 @@ def test_stress_test_tab_shows_the_report_only_for_the_loaded_model(tiny_bundle_
     at = metrics_page("Stress test")
     assert "no stress-test report for this model" in all_text(at).lower()
     # The report for this model (found beside its weights) is drawn as a table, one row per change.
-    sha = json.loads((app_env.weights / "model_card.json").read_text())["weights"]["sha256"]
+    card = json.loads((app_env.weights / "model_card.json").read_text())
     shifts = {k: {"description": d, "n": 10, "unreadable": 0, "accuracy": 0.9 if k == "none" else 0.8,
                   "macro_f1": 0.8, "ood_flagged_rate": 0.1} for k, (d, _) in shift_eval.SHIFTS.items()}
-    (app_env.weights / "shift_eval.json").write_text(json.dumps(
-        {"model": {"sha256": sha}, "data": "Testing", "shifts": shifts}))
+    report = {"model": model_identity(card), "data": "Testing", "shifts": shifts}
+    (app_env.weights / "shift_eval.json").write_text(json.dumps(report))
     at = metrics_page("Stress test")
     table = at.dataframe[-1].value
     assert len(table) == len(shift_eval.SHIFTS) and table["Δ accuracy"].iloc[1] == pytest.approx(-0.1)
     assert not at.error
+    # Same weights re-fitted under another test-time augmentation (train.py --epochs 0): not this report's model.
+    card["inference"] = {"tta": "hflip"}
+    (app_env.weights / "model_card.json").write_text(json.dumps(card))
+    assert "no stress-test report for this model" in all_text(metrics_page("Stress test")).lower()

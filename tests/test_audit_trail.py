@@ -39,7 +39,8 @@ def _db_bytes(path: Path) -> bytes:
 
 def test_record_holds_every_field_and_exports_csv(tmp_path):
     audit = AuditTrail(tmp_path / "audit.sqlite3")
-    audit.record(source="dashboard", file_sha256=SHA_A, model_sha256=SHA_M, predicted="meningioma", confidence=0.71,
+    audit.record(source="dashboard", file_sha256=SHA_A, model_sha256=SHA_M, model_version="1.2.0",
+                 predicted="meningioma", confidence=0.71,
                  probabilities={"glioma": 0.2, "meningioma": 0.71, "notumor": 0.05, "pituitary": 0.04},
                  ood=True, uncertain=False, cam_method="gradcam++")
     audit.record(source="batch", file_sha256=SHA_A, model_sha256=SHA_M, error="<file>: file is empty (0 bytes)")
@@ -47,7 +48,8 @@ def test_record_holds_every_field_and_exports_csv(tmp_path):
     newest, first = audit.recent(10)
     assert set(first) == set(COLUMNS)
     assert first["timestamp"].endswith("Z") and first["timestamp"][:2] == "20"
-    assert (first["source"], first["file_sha256"], first["model_sha256"]) == ("dashboard", SHA_A, SHA_M)
+    assert (first["source"], first["file_sha256"], first["model_sha256"], first["model_version"]) == (
+        "dashboard", SHA_A, SHA_M, "1.2.0")
     assert (first["predicted"], first["confidence"], first["ood"], first["uncertain"], first["cam_method"]) == (
         "meningioma", 0.71, 1, 0, "gradcam++")
     assert json.loads(first["probabilities"])["meningioma"] == 0.71
@@ -56,6 +58,25 @@ def test_record_holds_every_field_and_exports_csv(tmp_path):
     rows = list(csv.DictReader(io.StringIO(audit.export_csv())))
     assert [r["source"] for r in rows] == ["batch", "dashboard"] and list(rows[0]) == list(COLUMNS)
     assert len(list(csv.DictReader(io.StringIO(audit.export_csv(limit=1))))) == 1
+
+
+def test_a_trail_from_before_model_version_gains_the_column_and_keeps_its_rows(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    path = tmp_path / "old.sqlite3"
+    old_columns = [c for c in COLUMNS if c != "model_version"]
+    with closing(sqlite3.connect(path)) as con, con:
+        con.execute("CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    + ", ".join(f"{c} TEXT" for c in old_columns[1:]) + ")")
+        con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, predicted) "
+                    "VALUES ('2026-01-01T00:00:00Z', 'single', ?, ?, 'glioma')", (SHA_A, SHA_M))
+    audit = AuditTrail(path)
+    _rec(audit, 1, model_version="1.2.0")
+    newest, old = audit.recent(10)
+    assert (old["predicted"], old["model_version"]) == ("glioma", None)
+    assert newest["model_version"] == "1.2.0" and list(newest) == list(COLUMNS)
+    assert AuditTrail(path).count() == 2  # opening it again migrates nothing twice
 
 
 def test_wal_mode_and_transactional_writes(tmp_path):
@@ -171,7 +192,7 @@ def test_batch_audit_has_every_row_and_never_identifying_tags(tmp_path, tiny_pre
     by_sha = {r["file_sha256"]: r for r in records}
     ok = by_sha[hashlib.sha256(dcm).hexdigest()]
     assert ok["predicted"] in tiny_predictor.class_names and ok["cam_method"] == "gradcam" and ok["error"] is None
-    assert ok["model_sha256"] == tiny_predictor.bundle.sha256
+    assert ok["model_sha256"] == tiny_predictor.bundle.sha256 and ok["model_version"] == tiny_predictor.bundle.version
     assert set(json.loads(ok["probabilities"])) == set(tiny_predictor.class_names)
     errors = [r for r in records if r["error"]]
     assert len(errors) == 2 and all("<file>" in r["error"] for r in errors)

@@ -52,10 +52,27 @@ def test_missing_card_and_weights(tmp_path, tiny_bundle_dir):
         load_bundle(d)
 
 
+def test_card_test_time_augmentation_is_read_and_checked(tmp_path, tiny_bundle_dir):
+    assert load_bundle(tiny_bundle_dir).tta == "none"  # train.py's default
+    d = tmp_path / "m"
+    shutil.copytree(tiny_bundle_dir, d)
+    card = json.loads((d / CARD_FILE).read_text())
+    del card["inference"]  # cards written before the field existed
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_bundle(d).tta == "none"
+    card["inference"] = {"tta": "hflip"}
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_bundle(d).tta == "hflip"
+    card["inference"] = {"tta": "rotate"}
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="unknown test-time augmentation 'rotate'"):
+        load_bundle(d)
+
+
 def test_card_carries_the_contract(tiny_bundle_dir):
     card = json.loads((tiny_bundle_dir / CARD_FILE).read_text())
-    for key in ("class_names", "input_spec", "architecture", "calibration", "ood", "intended_use", "weights",
-                "metrics", "version"):
+    for key in ("class_names", "input_spec", "architecture", "calibration", "inference", "ood", "intended_use",
+                "weights", "metrics", "version"):
         assert key in card, key
     assert "not for diagnosis" in card["intended_use"]
     tr = card["training"]

@@ -43,6 +43,28 @@ def test_batched_equals_single(tiny_predictor, rng):
     assert logits.shape == (6, 4) and scores.shape == (6,)
 
 
+def test_hflip_tta_averages_a_slice_with_its_mirror(tiny_bundle_dir, rng):
+    from core.checkpoint import load_bundle
+    from core.predictor import Predictor
+    from core.synthetic import fake_scan
+
+    bundle = load_bundle(tiny_bundle_dir)
+    single = Predictor(bundle, torch.device("cpu"), "fp32", tta="none")
+    tta = Predictor(bundle, torch.device("cpu"), "fp32", tta="hflip")
+    assert tta.describe()["tta"] == "hflip" and single.describe()["tta"] == bundle.tta == "none"
+    batch = tta.batch_tensor([preprocess(fake_scan(rng, 200, k), bundle.spec) for k in range(4)])
+    mirrored = torch.flip(batch, dims=[-1])
+    one, one_scores = single.logits_and_scores(batch)
+    other, _ = single.logits_and_scores(mirrored)
+    assert not np.allclose(one, other, atol=1e-4)  # the single-view model is not mirror-invariant
+    both, scores = tta.logits_and_scores(batch)
+    assert np.allclose(both, (one + other) / 2, atol=1e-4)
+    assert np.allclose(tta.logits_and_scores(mirrored)[0], both, atol=1e-4)  # a mirrored slice: same answer
+    assert np.allclose(scores, one_scores, rtol=1e-5)  # OOD scores come from the unmirrored view
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        Predictor(bundle, torch.device("cpu"), tta="rot90")
+
+
 def test_blank_and_colour_images_are_outside_intended_use(tiny_predictor, rng):
     from core.synthetic import non_mri_image
 

@@ -50,7 +50,9 @@ def test_cli_writes_a_report_and_refuses_unknown_shifts(labelled, tiny_bundle_di
     assert shift_eval.main(args + ["--shifts", "none,blur", "--limit", "6"]) == 0
     report = json.loads(out.read_text())
     assert set(report["shifts"]) == {"none", "blur"} and report["shifts"]["blur"]["n"] <= 6
-    assert report["model"]["sha256"]
+    from core.checkpoint import load_bundle
+
+    assert report["model"] == load_bundle(tiny_bundle_dir).identity  # weights, version and TTA
     assert shift_eval.main(args + ["--shifts", "sharpen"]) == 2
     assert shift_eval.main(args[:2] + ["--data", str(tmp_path / "missing")]) == 2
     assert shift_eval.main(args[:-2] + ["--device", "gpu0"]) == 2

@@ -130,6 +130,43 @@ def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundl
                        "--init-from", str(tiny_bundle_dir)]) == 2
 
 
+def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weights(tmp_path, tiny_bundle_dir):
+    import train
+    from core.checkpoint import load_bundle
+
+    parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    out = tmp_path / "tta"
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1", "--init-from", str(tiny_bundle_dir),
+                       "--epochs", "0", "--tta", "hflip"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["inference"] == {"tta": "hflip"} and load_bundle(out).tta == "hflip"
+    assert card["weights"]["sha256"] == parent["weights"]["sha256"]  # same tensors, OOD statistics included
+    tr = card["training"]
+    assert tr["epochs_run"] == 0 and tr["history"] == [] and tr["best_weights"] == "parent"
+    assert tr["init_from"]["sha256"] == parent["weights"]["sha256"] and tr["hyperparameters"]["tta"] == "hflip"
+    assert tr["hyperparameters"]["gamma_range"] == parent["training"]["hyperparameters"]["gamma_range"]
+    # Validation scoring and calibration see the logits the predictor serves under the same TTA.
+    import torch
+
+    from core.predictor import Predictor
+    from core.preprocess import to_model_tensor
+
+    bundle = load_bundle(out)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8))
+    served, _ = Predictor(bundle, torch.device("cpu"), "fp32").logits_and_scores(
+        to_model_tensor(images.float() / 255, bundle.spec))
+    fitted, _ = train.predict_arrays(bundle.model, images, bundle.spec, torch.device("cpu"), "hflip")
+    assert np.allclose(served, fitted, atol=1e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"testing_full", "testing_leak_free", "validation"} <= set(metrics["sets"])
+    # Nothing to re-fit without a parent; a negative epoch count is refused too.
+    assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--epochs", "0"]) == 2
+    assert train.main(["--dry-run", "--out", str(tmp_path / "y"), "--workers", "1", "--epochs", "-1",
+                       "--init-from", str(tiny_bundle_dir)]) == 2
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        train.parse_args(["--tta", "rot90"])
+
+
 def test_evaluation_predictions_are_audited(tmp_path, tiny_predictor, rng):
     from PIL import Image
 
@@ -147,11 +184,32 @@ def test_evaluation_predictions_are_audited(tmp_path, tiny_predictor, rng):
     assert {r["source"] for r in rows} == {"evaluate"} and all(len(r["file_sha256"]) == 64 for r in rows)
 
 
+def test_gamma_range_reaches_the_augmentation(monkeypatch):
+    import torch
+
+    import train
+    from core.model import build_model
+    from core.preprocess import PreprocessSpec
+
+    seen = []
+
+    def spy(images, cfg, generator=None):
+        seen.append(cfg.gamma_range)
+        return images
+
+    monkeypatch.setattr(train, "augment_batch", spy)
+    args = train.parse_args(["--batch-size", "8", "--epochs", "1", "--max-steps", "1", "--gamma-range", "0.5", "2"])
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (16, 32, 32), dtype=np.uint8))
+    labels = np.arange(16) % 2
+    train.train_model(build_model("slimresnet", 1, 2), images, torch.from_numpy(labels), images[:4], labels[:4],
+                      PreprocessSpec(image_size=32), args, torch.device("cpu"), train.seed_everything(0))
+    assert seen == [(0.5, 2.0)]
+    assert train.main(["--dry-run", "--gamma-range", "2", "1"]) == 2  # LO > HI is refused
+
+
 def test_weight_averaging_keeps_the_weights_that_scored_best_on_validation():
     """With --ema each epoch scores the raw and the averaged weights; the kept weights are the ones whose
     validation loss is recorded for the best epoch (the loss tells raw and averaged weights apart)."""
-    import argparse
-
     import torch
 
     import train
@@ -165,8 +223,8 @@ def test_weight_averaging_keeps_the_weights_that_scored_best_on_validation():
     images[labels == 1, 12:36, 12:36] = 220  # a bright square makes class 1 learnable in a few steps
     spec = PreprocessSpec(image_size=48, mean=0.2, std=0.3)
     model = build_model("slimresnet", 1, 2)
-    args = argparse.Namespace(batch_size=16, max_steps=0, lr=3e-3, weight_decay=0.0, epochs=3, patience=3,
-                              label_smoothing=0.0, ema=0.7)
+    args = train.parse_args(["--batch-size", "16", "--lr", "3e-3", "--weight-decay", "0", "--epochs", "3",
+                             "--patience", "3", "--label-smoothing", "0", "--ema", "0.7"])
     result = train.train_model(model, torch.from_numpy(images[:64]), torch.from_numpy(labels[:64]),
                                torch.from_numpy(images[64:]), labels[64:], spec, args, torch.device("cpu"), gen)
     rows = result["history"]

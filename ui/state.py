@@ -95,7 +95,10 @@ def _sidebar_model(predictor: Predictor) -> None:
         st.markdown(f"**Model** · `{b.name}`")
         precision = getattr(predictor, "precision", None)
         st.markdown(f"Version **{b.version}** · device **{predictor.device.type}**"
-                    + (f" · {precision}" if precision else ""))
+                    + (f" · {precision}" if precision else "")
+                    + (" · mirror-averaged" if getattr(predictor, "tta", "none") == "hflip" else ""),
+                    help="Mirror-averaged: each slice's probabilities are the mean of the slice and its "
+                         "left-right mirror (test-time augmentation, as the model was calibrated and evaluated).")
         st.markdown(f"SHA-256 `{b.sha256[:12]}`", help=f"Full SHA-256 of the weights file: {b.sha256}")
 
 

@@ -207,6 +207,10 @@ def model_card_view(card: dict) -> None:
                          f"{card.get('input_spec', {}).get('channels', '?')} ch")
     c[3].metric("Temperature", f"{card.get('calibration', {}).get('temperature', float('nan')):.3g}")
     st.markdown(f"**Intended use.** {card.get('intended_use', '–')}")
+    if card.get("inference", {}).get("tta") == "hflip":
+        st.markdown("**Test-time augmentation.** Each slice is predicted together with its left-right mirror and "
+                    "the two are averaged, so a mirrored slice gets the same probabilities. The heatmap is "
+                    "computed on the slice as given.")
     st.markdown("**Training command**")
     st.code(training.get("command", "–"), language="bash")
     fp = training.get("data_fingerprint") or {}
@@ -217,6 +221,10 @@ def model_card_view(card: dict) -> None:
     facts = {k: training.get(k) for k in ("seed", "device", "epochs_run", "best_epoch", "best_weights", "train_files",
                                           "val_files")
              if training.get(k) is not None}
+    if training.get("epochs_run") == 0 and training.get("init_from"):
+        facts = {"seed": training.get("seed"),
+                 "weights": f"unchanged from {str(training['init_from'].get('sha256', '?'))[:12]}… "
+                            "(calibration and evaluation re-run)"}
     if facts:
         st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))
     with st.expander("Full model card (JSON)"):

@@ -36,7 +36,7 @@ from core import __version__
 from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.augment import AugmentConfig, augment_batch
 from core.calibration import fit_temperature, softmax
-from core.checkpoint import AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, load_bundle, save_bundle
+from core.checkpoint import AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, load_bundle, model_identity, save_bundle
 from core.dataset import class_names_of, fingerprint, index_tree
 from core.device import autocast_dtype, select_device
 from core.errors import PretrainedUnavailableError
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Evaluate the saved artefact through the serving path, exactly as a user would get it.
     predictor = Predictor(load_bundle(out), device)
-    metrics: dict = {"model": {"name": card["name"], "version": card["version"], "sha256": card["weights"]["sha256"]},
+    metrics: dict = {"model": {"name": card["name"], **model_identity(card)},
                      "class_names": class_names, "sets": {}}
     if test_root is not None and test_root.is_dir():
         run = run_labelled(predictor, test_root, show_bar=True)

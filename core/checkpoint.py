@@ -76,7 +76,7 @@ class ModelBundle:
     def tta(self) -> str:
         """Test-time augmentation the model was calibrated and evaluated with (``core.tta``); cards
         written before the field existed mean "none"."""
-        return str(self.card.get("inference", {}).get("tta", "none"))
+        return str(self.identity["tta"])
 
 
 def model_identity(card: dict) -> dict:
@@ -133,7 +133,7 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
         arch = card["architecture"]
         class_names = list(card["class_names"])
         spec = PreprocessSpec.from_dict(card["input_spec"])
-        check_tta(str(card.get("inference", {}).get("tta", "none")))
+        check_tta(str(model_identity(card)["tta"]))
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"model card {folder / CARD_FILE} is missing field {exc}") from None
     except ValueError as exc:

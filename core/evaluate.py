@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
-    metrics["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+    metrics["model"] = {"name": bundle.name, **bundle.identity}
     print(json.dumps(summary(metrics), indent=2))
     if run.errors:
         print(f"{len(run.errors)} unreadable file(s) skipped; see 'unreadable' in the JSON")

@@ -80,7 +80,7 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
         "rendered from `weights/metrics.json`, which `train.py` wrote by reloading the saved weights and running them "
         "through the same code the dashboard uses (95 % bootstrap intervals in brackets)"
         + ("; every figure averages each slice with its left–right mirror, as the dashboard does (test-time "
-           "augmentation, `--tta hflip`)" if card.get("inference", {}).get("tta") == "hflip" else "") + ":",
+           "augmentation, `--tta hflip`)" if model_identity(card)["tta"] == "hflip" else "") + ":",
         "",
         "| set | images | accuracy | macro-F1 | ECE before → after calibration |",
         "|---|---:|---|---|---|",

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
+from core.checkpoint import model_identity
 from core.errors import ImageLoadError
 from core.predictor import Predictor
 from core.preprocess import preprocess
@@ -207,7 +208,7 @@ def model_card_view(card: dict) -> None:
                          f"{card.get('input_spec', {}).get('channels', '?')} ch")
     c[3].metric("Temperature", f"{card.get('calibration', {}).get('temperature', float('nan')):.3g}")
     st.markdown(f"**Intended use.** {card.get('intended_use', '–')}")
-    if card.get("inference", {}).get("tta") == "hflip":
+    if model_identity(card)["tta"] == "hflip":
         st.markdown("**Test-time augmentation.** Each slice is predicted together with its left-right mirror and "
                     "the two are averaged, so a mirrored slice gets the same probabilities. The heatmap is "
                     "computed on the slice as given.")

@@ -106,9 +106,13 @@ def _modality_values(arr: np.ndarray, ds, name: str, warns: list[str]) -> np.nda
     return arr
 
 
-def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
-                 include_identifying_tags: bool = False) -> DecodedImage:
-    """Decode DICOM bytes. Multi-frame data uses the middle frame (said in ``warnings``)."""
+def decode_dicom(data: bytes, name: str, limits: DecodeLimits, include_identifying_tags: bool = False,
+                 with_display: bool = False) -> DecodedImage:
+    """Decode DICOM bytes. Multi-frame data uses the middle frame (said in ``warnings``).
+
+    With ``with_display`` a grey slice also gets ``.display`` (a ``DicomDisplay`` in modality units, for a
+    viewer's window/level) from the same parse, so a viewer never reads the file twice.
+    """
     from pydicom.pixels import apply_voi_lut
 
     ds = _read_dataset(data, name, limits)
@@ -116,8 +120,11 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
     arr = _pixel_frame(ds, name, warns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    display = None
     if samples == 1:
         arr = _modality_values(arr, ds, name, warns)
+        if with_display:
+            display = _display_of(ds, arr)
         has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
         if has_voi:
             try:
@@ -137,6 +144,7 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits,
     if include_identifying_tags:
         tags.update({k: v for k in IDENTIFYING_TAGS if (v := _tag_text(ds, k)) is not None})
     out.dicom_tags = tags
+    out.display = display
     h, w = out.pixels.shape
     if min(h, w) < limits.min_side:
         raise ImageLoadError(f"{name}: DICOM image is only {w}x{h} px; at least {limits.min_side} px per side is needed")
@@ -186,16 +194,8 @@ class DicomDisplay:
         return self.voi_lut_window or self.file_window or self.full_range_window
 
 
-def dicom_display(data: bytes, name: str, limits: DecodeLimits) -> DicomDisplay | None:
-    """The slice in modality units for display windowing; None for colour DICOM (no window applies).
-
-    Raises ``ImageLoadError`` exactly as ``decode_dicom`` does.
-    """
-    ds = _read_dataset(data, name, limits)
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    warns: list[str] = []
-    values = _modality_values(_pixel_frame(ds, name, warns), ds, name, warns)
+def _display_of(ds, values: np.ndarray) -> DicomDisplay:
+    """The display slice of a grey dataset whose pixels are ``values`` (modality units, float64 (H, W))."""
     file_window = None
     if "WindowCenter" in ds and "WindowWidth" in ds:
         try:

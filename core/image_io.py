@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,6 +52,7 @@ class DecodedImage:
     colourfulness: float = 0.0  # mean chroma in [0, 1]; ~0 for grey images
     warnings: list[str] = field(default_factory=list)
     dicom_tags: dict[str, str] = field(default_factory=dict)  # non-identifying only
+    display: Any = None  # core.dicom_io.DicomDisplay of a grey DICOM, only when decoded with_display
 
     @property
     def size(self) -> tuple[int, int]:
@@ -268,8 +269,9 @@ def decode_image(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS,
 
 
 def decode_bytes(data: bytes, name: str = "upload", limits: DecodeLimits = DEFAULT_LIMITS,
-                 include_identifying_tags: bool = False) -> DecodedImage:
-    """Decode file bytes; ``name`` is used in messages and as a DICOM hint (``.dcm``)."""
+                 include_identifying_tags: bool = False, with_display: bool = False) -> DecodedImage:
+    """Decode file bytes; ``name`` is used in messages and as a DICOM hint (``.dcm``).
+    ``with_display``: a grey DICOM also carries ``.display`` for window/level (see ``decode_dicom``)."""
     if not data:
         raise ImageLoadError(f"{name}: file is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -281,5 +283,5 @@ def decode_bytes(data: bytes, name: str = "upload", limits: DecodeLimits = DEFAU
             raise ImageLoadError(f"{name} {what}")
         from core.dicom_io import decode_dicom  # pydicom is only imported when needed
 
-        return decode_dicom(data, name, limits, include_identifying_tags)
+        return decode_dicom(data, name, limits, include_identifying_tags, with_display)
     return _decode_pil(data, name, limits)

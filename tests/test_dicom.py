@@ -80,11 +80,10 @@ def test_extension_does_not_matter(tmp_path, scan16):
 
 
 def _display(path):
-    from core.dicom_io import dicom_display
-    from core.image_io import DEFAULT_LIMITS
+    from core.image_io import decode_bytes
 
     with open(path, "rb") as f:
-        return dicom_display(f.read(), "x.dcm", DEFAULT_LIMITS)
+        return decode_bytes(f.read(), "x.dcm", with_display=True).display
 
 
 def test_display_window_defaults_to_what_the_model_sees(tmp_path, scan16):

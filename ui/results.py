@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from core.dicom_io import DicomDisplay, dicom_display
+from core.dicom_io import DicomDisplay
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes
 from core.predictor import Prediction, Predictor
 from core.preprocess import Preprocessed
@@ -111,10 +111,9 @@ class Analysis:
 
 def analyse_bytes(predictor: Predictor, data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Analysis:
     """Decode (never asking for identifying DICOM tags) and predict. Raises ``ImageLoadError``."""
-    decoded = decode_bytes(data, name, limits, include_identifying_tags=False)
+    decoded = decode_bytes(data, name, limits, include_identifying_tags=False, with_display=True)
     pred, pre = predictor.predict(decoded)
-    display = dicom_display(data, name, limits) if decoded.source_format == "DICOM" else None
-    return Analysis(name, hashlib.sha256(data).hexdigest(), len(data), pred, pre, display)
+    return Analysis(name, hashlib.sha256(data).hexdigest(), len(data), pred, pre, decoded.display)
 
 
 def explain(predictor: Predictor, analysis: Analysis, method: str, target: int | None):

@@ -62,9 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default="slimresnet", help="slimresnet or resnet18")
     p.add_argument("--pretrained", action="store_true", help="ImageNet init via torchvision's weights API (internet)")
     p.add_argument("--init-from", default=None,
-                   help="model folder to continue training from (same arch, classes and input spec); "
-                        "its SHA-256 and command are recorded in the new card")
-    p.add_argument("--image-size", type=int, default=160, help="model input side in pixels")
+                   help="model folder to continue training from (same arch, classes and input spec, the side "
+                        "aside); its SHA-256 and command are recorded in the new card")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input side in pixels (default: 160, or the parent's with --init-from; a "
+                        "different side with --init-from fine-tunes the parent at that size)")
     p.add_argument("--epochs", type=int, default=30,
                    help="maximum epochs (0 with --init-from: no training; re-fit calibration and OOD "
                         "statistics for the parent's weights, e.g. under a new --tta, and evaluate)")
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         make_synthetic_dataset(Path(tmp.name) / "data", seed=args.seed)
         args.data_root = str(Path(tmp.name) / "data")
         args.epochs, args.max_steps = min(args.epochs, 2), args.max_steps or 3
-        args.image_size, args.batch_size = min(args.image_size, 64), min(args.batch_size, 16)
+        args.image_size, args.batch_size = min(args.image_size or 64, 64), min(args.batch_size, 16)
         args.cache_dir, args.workers, args.patience = str(Path(tmp.name) / "cache"), 1, max(args.patience, 2)
         args.out = args.out or str(Path(tmp.name) / "weights")
     out = Path(args.out or Path(__file__).resolve().parent / "weights")
@@ -297,11 +299,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training folder not found: {train_root}", file=sys.stderr)
         return 2
     class_names = class_names_of(train_root)
-    spec = PreprocessSpec(image_size=args.image_size)
-    tr_records, tr_images = index_tree(train_root, class_names, spec, args.cache_dir, args.workers, "index Training")
+    parent = load_bundle(args.init_from) if args.init_from else None
+    if parent is not None and (parent.class_names != class_names
+                               or parent.card["architecture"]["name"] != args.arch):
+        print(f"error: {args.init_from} has classes {parent.class_names} and arch "
+              f"{parent.card['architecture']['name']}; expected {class_names}, {args.arch}", file=sys.stderr)
+        return 2
+    # A continued run keeps the parent's input contract; only the side may change (the networks end in a
+    # global pool, so weights carry over: fine-tuning at a larger size is progressive resizing).
+    if args.image_size is None:
+        args.image_size = PreprocessSpec.image_size if parent is None else parent.spec.image_size
+    spec = PreprocessSpec(image_size=args.image_size) if parent is None else replace(
+        parent.spec, image_size=args.image_size)
+    # Hashes (audit, split, leak-free subset) come from the parent's geometry: near-duplicate groups found at
+    # another size could differ at the margin and move a parent-training image into validation.
+    audit_spec = spec if parent is None else parent.spec
+    tr_records, tr_images = index_tree(train_root, class_names, audit_spec, args.cache_dir, args.workers,
+                                       "index Training")
+    if audit_spec != spec:
+        resized, tr_images = index_tree(train_root, class_names, spec, args.cache_dir, args.workers,
+                                        f"index Training at {spec.image_size} px")
+        assert [r.path for r in resized] == [r.path for r in tr_records]
     splits = {args.train_dir: tr_records}
     if test_root is not None and test_root.is_dir():
-        splits[args.test_dir] = index_tree(test_root, class_names, spec, args.cache_dir, args.workers, "index Testing")[0]
+        splits[args.test_dir] = index_tree(test_root, class_names, audit_spec, args.cache_dir, args.workers,
+                                           "index Testing")[0]
     audit, groups = audit_splits(splits, class_names, args.near_distance)
     ok = np.array([not r.error for r in tr_records])
     labels = np.array([r.label for r in tr_records])
@@ -310,15 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     t_idx, v_idx = leak_free_split(labels[usable], list(tr_groups[usable]), args.val_fraction, args.seed)
     train_idx, val_idx = usable[t_idx], usable[v_idx]
     assert not set(tr_groups[train_idx]) & set(tr_groups[val_idx]), "a duplicate group straddles train/val"
-    parent = load_bundle(args.init_from) if args.init_from else None
     if parent is not None:
-        if (parent.class_names != class_names or parent.card["architecture"]["name"] != args.arch
-                or parent.spec.image_size != args.image_size):
-            print(f"error: {args.init_from} has classes {parent.class_names}, arch "
-                  f"{parent.card['architecture']['name']}, image size {parent.spec.image_size}; expected "
-                  f"{class_names}, {args.arch}, {args.image_size}", file=sys.stderr)
-            return 2
-        spec = parent.spec  # continue with exactly the parent's input contract
         if not args.epochs:  # nothing is trained: the card keeps the augmentation the weights were trained with
             args.gamma_range = parent.card.get("training", {}).get("hyperparameters", {}).get(
                 "gamma_range", args.gamma_range)
@@ -375,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "init_from": parent.card.get("training", {}).get("init_from")},
             "data_root": str(root), "train_dir": args.train_dir, "test_dir": args.test_dir,
             "data_fingerprint": {s: audit["splits"][s]["fingerprint"] for s in splits},
+            # Equal across a chain of continued runs: each child was selected on its parent's validation files.
+            "validation_fingerprint": fingerprint([tr_records[i] for i in val_idx]),
             "train_files": int(len(train_idx)), "val_files": int(len(val_idx)),
             "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
             "best_weights": result["best_weights"], "history": result["history"],

@@ -126,7 +126,25 @@ def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundl
     assert chain["sha256"] == card["weights"]["sha256"] and chain["command"] == card["training"]["command"]
     assert chain["init_from"]["sha256"] == parent["weights"]["sha256"]
     assert chain["init_from"]["init_from"] == parent["training"]["init_from"]
-    assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--image-size", "48",
+    assert card["training"]["validation_fingerprint"] == parent["training"]["validation_fingerprint"]
+
+
+def test_init_from_at_another_size_fine_tunes_on_the_parents_split(tmp_path, tiny_bundle_dir):
+    import train
+    from core.checkpoint import load_bundle
+
+    parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    out = tmp_path / "bigger"
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1", "--image-size", "48",
+                       "--init-from", str(tiny_bundle_dir)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["input_spec"] == {**parent["input_spec"], "image_size": 48}
+    assert card["training"]["hyperparameters"]["image_size"] == 48
+    # Same validation files as the parent: hashes for the split come from the parent's geometry.
+    assert card["training"]["validation_fingerprint"] == parent["training"]["validation_fingerprint"]
+    assert load_bundle(out).spec.image_size == 48
+    # A different architecture or class list is still refused.
+    assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--arch", "resnet18",
                        "--init-from", str(tiny_bundle_dir)]) == 2
 
 

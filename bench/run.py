@@ -38,10 +38,10 @@ from bench.common import (DEFAULT_DATA, REPO, ForeignLoad, Timer, cores, cycle, 
                           real_weights_ready, run_json, vgg_bundle)
 
 FULL = dict(images=0, vgg_images=256, sizes=[1, 8, 32, 64, 128, 256], warm_runs=100, cold_runs=50, vgg_warm_runs=20,
-            cam_sizes=[1, 32, 128], memory_images=5000, tune_images=384, compile=True, accuracy=True,
+            cam_sizes=[1, 32, 128], memory_images=5000, single_memory_calls=1000, tune_images=384, compile=True, accuracy=True,
             gpu_images=10000, fwd_reps=5, generated=600)
 QUICK = dict(images=32, vgg_images=8, sizes=[4, 16], warm_runs=5, cold_runs=1, vgg_warm_runs=2, cam_sizes=[16],
-             memory_images=96, tune_images=16, compile=False, accuracy=False, gpu_images=256, fwd_reps=1, generated=32,
+             memory_images=96, single_memory_calls=20, tune_images=16, compile=False, accuracy=False, gpu_images=256, fwd_reps=1, generated=32,
              backends_bs=8, all_backends=False, fp32_sweep=False, cam_engine_bs=8)
 FULL.update(backends_bs=64, all_backends=True, fp32_sweep=True, cam_engine_bs=32)
 
@@ -557,6 +557,10 @@ def targets(r: dict, device) -> dict:
         g = mem["trend"]["growth_median_mb"]
         t[f"memory flat over {mem['images']} images (median main RSS, last 1k vs images 1k-2k, grows < 50 MB)"] = {
             "value_mb": g, "met": g < 50}
+    sm = r.get("single_scan_memory", {})
+    if sm.get("growth_mb") is not None:
+        t[f"single-scan memory flat over {sm['calls']} predict + Grad-CAM calls (RSS grows < 50 MB)"] = {
+            "value_mb": sm["growth_mb"], "met": sm["growth_mb"] < 50}
     acc = r.get("accuracy", {}).get("rows", {})
     default = r.get("config", {}).get("default_backend")
     if default in acc and "delta_points_vs_fp32" in acc[default]:
@@ -671,6 +675,15 @@ def render(r: dict) -> str:
             f"{e.get('workers_uss_mb', '-')} MB unique (USS; their RSS {e.get('workers_rss_mb', '-')} MB is mostly "
             f"pages shared with the main process); peak RSS of the main process {mem['peak_rss']['self_mb']} MB"
             + (f"; peak GPU memory {mem['gpu_peak_allocated_mb']} MB" if mem.get("gpu_peak_allocated_mb") else "") + ".")
+    sm = r.get("single_scan_memory", {})
+    if "growth_mb" in sm:
+        parts.append(
+            f"**Memory of single-scan serving** ({sm['calls']} predict + {sm['cam_method']} calls on "
+            f"{min(sm['calls'], sm['distinct_files'])} different files after {sm['warmup_calls']} warm-up calls, "
+            f"{sm['ms_per_call']} ms per call, fresh process): RSS {sm['rss_start_mb']} MB at the start and "
+            f"{sm['rss_end_mb']} MB at the end, growth {sm['growth_mb']:+} MB ({sm['growth_second_half_mb']:+} MB "
+            f"over the second half); every {sm['samples'][0]['calls'] if sm['samples'] else '-'} calls: "
+            f"{', '.join(str(round(x['main_mb'])) for x in sm['samples'])} MB.")
     g = r.get("gpu", {})
     if g.get("rows"):
         rows = [[x["backend"], x["forward_images_per_s"], x["end_to_end_images_per_s"],
@@ -833,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         if calibration:
             cmd += ["--calibration", str(calibration)]
         section(results, "memory", run_json, cmd, 1800)
+        cmd = [sys.executable, "-m", "bench.single_memory", "--weights", weights, "--data", str(data),
+               "--calls", str(cfg["single_memory_calls"]), "--threads", str(n_cores), "--precision", args.precision,
+               "--device", str(device)]
+        section(results, "single_scan_memory", run_json, cmd, 1800)
 
     # Where the CPU time of one batch image goes (per image, summed over cores).
     split: dict = {}

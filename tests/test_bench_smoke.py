@@ -28,7 +28,8 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     for key in ("machine", "config", "backends", "single_scan_warm", "single_scan_cold", "single_scan_vgg16_warm",
-                "pipeline_tuning", "throughput", "cam_throughput", "cam_engines", "profile", "memory", "targets"):
+                "pipeline_tuning", "throughput", "cam_throughput", "cam_engines", "profile", "memory",
+                "single_scan_memory", "targets"):
         assert key in res, key
         assert "error" not in res[key], (key, res[key])
     assert res["machine"]["cores"] >= 1 and res["machine"]["torch"]
@@ -48,6 +49,9 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     assert res["cam_engines"]["max_abs_difference"] < 1e-3  # native batched CAM == grad-cam package
     mem = res["memory"]
     assert mem["images"] > 0 and _positive(mem["rss_at_end"]["main_mb"]) and _positive(mem["peak_rss"]["self_mb"])
+    sm = res["single_scan_memory"]
+    assert sm["calls"] > 0 and _positive(sm["rss_end_mb"]) and len(sm["samples"]) == 10
+    assert sm["growth_second_half_mb"] is not None
     assert res["profile"]["top_ops"]
     text = readme.read_text()
     assert text.startswith("## Benchmarks") and res["machine"]["cpu"] in text

@@ -589,10 +589,15 @@ def render(r: dict) -> str:
     m = r["machine"]
     parts = []
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    parts.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM{gpu}; torch {m['torch']}, "
+    flags = m.get("cpu_flags") or []
+    parts.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM{gpu}; CPU features "
+                 f"{', '.join(flags) or 'without AVX2'}; torch {m['torch']}, "
                  f"Python {m['python']}; device `{m['device']}`. Date: {r['date']}. Mode: {r['mode']}. "
                  f"Model: {r['config']['model']}. Data: {r['config']['data']}.")
-    parts.append(f"Default inference path chosen by the predictor: **{r['config']['default_backend']}**.")
+    # Figures from machines with and without native bf16 differ about twofold; say which this one is.
+    why = (" (this CPU has no native bf16, AVX-512 BF16 or AMX, so the predictor serves fp32)"
+           if m["device"] == "cpu" and not {"avx512_bf16", "amx_bf16"} & set(flags) else "")
+    parts.append(f"Default inference path chosen by the predictor: **{r['config']['default_backend']}**{why}.")
     busy = {k: v["other_programs"]["foreign_share_of_machine"] for k, v in r.items()
             if isinstance(v, dict) and isinstance(v.get("other_programs"), dict)}
     if busy:
@@ -717,10 +722,15 @@ def render(r: dict) -> str:
 
 
 def readme_section(r: dict, text: str) -> str:
-    head = ("## Benchmarks\n\nRun `python -m bench` (full, ~10 min on 2 CPU cores; run it on a quiet machine) or "
+    minutes = round((r.get("seconds") or 0) / 60)
+    took = f"{minutes} min on the machine below" if minutes else "roughly half an hour on 2 CPU cores"
+    others = sorted(str(f.relative_to(REPO)) for f in (REPO / "bench" / "results").glob("*.json")
+                    if str(f.relative_to(REPO)) != r["output"])
+    head = (f"## Benchmarks\n\nRun `python -m bench` (full, {took}; run it on a quiet machine) or "
             "`python -m bench --quick` (smoke test, < 1 min, numbers not meaningful). It measures on whatever machine "
             "it runs, prints the tables below and writes `bench/results/<machine>-<date>.json`. Figures below: "
-            f"`{r['output']}`.\n\n")
+            f"`{r['output']}`" + (f"; earlier runs, on other machines or models: {', '.join(f'`{o}`' for o in others)}"
+                                  if others else "") + ".\n\n")
     notes = REPO / "bench" / "analysis.md"
     tail = "\n" + notes.read_text() if notes.is_file() else ""
     return head + text + tail
@@ -750,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     n_cores = cores()
     torch.set_num_threads(n_cores)
+    started = time.time()
     results: dict = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                      "mode": "quick" if args.quick else "full", "machine": machine_info(device)}
 
@@ -877,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         results["output"] = str(out.resolve().relative_to(REPO))
     except ValueError:
         results["output"] = str(out)
+    results["seconds"] = round(time.time() - started)
     out.write_text(json.dumps(results, indent=2, default=str))
     text = render(results)
     print(text)

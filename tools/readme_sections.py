@@ -123,9 +123,12 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
                       "on two CPU cores; no GPU and no internet (so no ImageNet initialisation) were available. Further "
                       "runs of this recipe now move validation and Testing by a few images either way, inside the "
                       "95 % intervals above, and not always in the same direction (the card's `history` holds every "
-                      "epoch's validation scores). What would likely close the gap: 192–224 px input or a wider network, "
-                      "trained on a GPU, or `--arch resnet18 --pretrained` on a machine with internet access — each "
-                      "chosen on the validation split, never tuned on Testing."]
+                      "epoch's validation scores). Two cheaper routes scored lower on the validation split and were not "
+                      "shipped: fine-tuning these weights at 224 px for 8 epochs on the CPU (`train.py --init-from "
+                      "weights --image-size 224`), and averaging more views at test time (zoomed or rotated copies "
+                      "besides the mirror). What would likely close the gap: training at 192–224 px from the start "
+                      "with a long schedule, or a wider network, on a GPU, or `--arch resnet18 --pretrained` on a "
+                      "machine with internet access — each chosen on the validation split, never tuned on Testing."]
     ood = metrics.get("ood") or {}
     if ood:
         lines += ["", f"**Outside intended use.** Images that are blank, coloured, or whose features are far from "

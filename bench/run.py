@@ -596,7 +596,8 @@ def render(r: dict) -> str:
                  f"Model: {r['config']['model']}. Data: {r['config']['data']}.")
     # Figures from machines with and without native bf16 differ about twofold; say which this one is.
     why = (" (this CPU has no native bf16, AVX-512 BF16 or AMX, so the predictor serves fp32)"
-           if m["device"] == "cpu" and not {"avx512_bf16", "amx_bf16"} & set(flags) else "")
+           if m["device"] == "cpu" and r["config"]["default_backend"].startswith("fp32")
+           and not {"avx512_bf16", "amx_bf16"} & set(flags) else "")
     parts.append(f"Default inference path chosen by the predictor: **{r['config']['default_backend']}**{why}.")
     busy = {k: v["other_programs"]["foreign_share_of_machine"] for k, v in r.items()
             if isinstance(v, dict) and isinstance(v.get("other_programs"), dict)}

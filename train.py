@@ -20,7 +20,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.augment import AugmentConfig, augment_batch
 from core.calibration import fit_temperature, softmax
 from core.checkpoint import AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, load_bundle, model_identity, save_bundle
-from core.dataset import class_names_of, fingerprint, index_tree
+from core.dataset import FileRecord, class_names_of, fingerprint, index_tree
 from core.device import autocast_dtype, select_device
 from core.errors import PretrainedUnavailableError
 from core.evaluate import metrics_for_run, run_labelled
@@ -45,7 +45,7 @@ from core.metrics import evaluate_predictions, summary
 from core.model import Classifier, build_model
 from core.ood import MahalanobisOOD
 from core.predictor import Predictor
-from core.preprocess import PreprocessSpec, preprocess, to_model_tensor
+from core.preprocess import HEAD_SEARCHES, PreprocessSpec, preprocess, to_model_tensor
 from core.quantize import FeaturesAndLogits
 from core.synthetic import NON_MRI_KINDS, fake_scan, non_mri_image
 from core.tta import TTA_MODES, with_tta
@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None,
                    help="model input side in pixels (default: 160, or the parent's with --init-from; a "
                         "different side with --init-from fine-tunes the parent at that size)")
+    p.add_argument("--head-search", default=None, choices=HEAD_SEARCHES,
+                   help="how the head crop is found (core.preprocess.find_head_box; default: gamma_otsu, or "
+                        "the parent's with --init-from; a different one with --init-from fine-tunes the parent "
+                        "on the new crop)")
     p.add_argument("--epochs", type=int, default=30,
                    help="maximum epochs (0 with --init-from: no training; re-fit calibration and OOD "
                         "statistics for the parent's weights, e.g. under a new --tta, and evaluate)")
@@ -124,6 +128,42 @@ def leak_free_split(labels: np.ndarray, groups: list[int], val_fraction: float, 
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(sgkf.split(np.zeros(len(labels)), labels, groups))
     return train_idx, val_idx
+
+
+@dataclass
+class TrainingSplit:
+    """Training records and cached images, the duplicate audit of all splits, and the leak-free train/val indices."""
+
+    records: list[FileRecord]
+    images: np.ndarray  # uint8 (N, S, S), preprocessed with the audit spec
+    splits: dict[str, list[FileRecord]]  # every audited split's records, Training included
+    audit: dict
+    groups: dict[str, list[int]]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def split_training(root: Path, train_dir: str, test_dir: str, class_names: list[str], audit_spec: PreprocessSpec,
+                   args: argparse.Namespace) -> TrainingSplit:
+    """Index Training (and Testing, for cross-split duplicates), audit them and carve the validation split.
+
+    ``args`` supplies ``val_fraction``, ``seed``, ``near_distance``, ``cache_dir`` and ``workers``. The same
+    inputs give the same split, which ``tools.validation_split`` relies on to rebuild a model's validation files.
+    """
+    records, images = index_tree(root / train_dir, class_names, audit_spec, args.cache_dir, args.workers,
+                                 "index Training")
+    splits = {train_dir: records}
+    if test_dir and (root / test_dir).is_dir():
+        splits[test_dir] = index_tree(root / test_dir, class_names, audit_spec, args.cache_dir, args.workers,
+                                      "index Testing")[0]
+    audit, groups = audit_splits(splits, class_names, args.near_distance)
+    labels = np.array([r.label for r in records])
+    tr_groups = np.array(groups[train_dir])
+    usable = np.flatnonzero([not r.error for r in records])
+    t_idx, v_idx = leak_free_split(labels[usable], list(tr_groups[usable]), args.val_fraction, args.seed)
+    train_idx, val_idx = usable[t_idx], usable[v_idx]
+    assert not set(tr_groups[train_idx]) & set(tr_groups[val_idx]), "a duplicate group straddles train/val"
+    return TrainingSplit(records, images, splits, audit, groups, train_idx, val_idx)
 
 
 def batches(n: int, size: int, shuffle: bool, gen: torch.Generator | None = None):
@@ -305,33 +345,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.init_from} has classes {parent.class_names} and arch "
               f"{parent.card['architecture']['name']}; expected {class_names}, {args.arch}", file=sys.stderr)
         return 2
-    # A continued run keeps the parent's input contract; only the side may change (the networks end in a
-    # global pool, so weights carry over: fine-tuning at a larger size is progressive resizing).
-    if args.image_size is None:
-        args.image_size = PreprocessSpec.image_size if parent is None else parent.spec.image_size
-    spec = PreprocessSpec(image_size=args.image_size) if parent is None else replace(
-        parent.spec, image_size=args.image_size)
+    # A continued run keeps the parent's input contract; only the side and the head search may change (the
+    # networks end in a global pool, so weights carry over: fine-tuning at a larger size is progressive
+    # resizing, and a steadier crop changes framing only slightly).
+    base_spec = PreprocessSpec() if parent is None else parent.spec
+    args.image_size = args.image_size or base_spec.image_size
+    args.head_search = args.head_search or base_spec.head_search
+    spec = replace(base_spec, image_size=args.image_size, head_search=args.head_search)
+    if parent is not None and spec.head_search != parent.spec.head_search:
+        spec = replace(spec, version=PreprocessSpec.version)  # the pipeline's definition changed
     # Hashes (audit, split, leak-free subset) come from the parent's geometry: near-duplicate groups found at
     # another size could differ at the margin and move a parent-training image into validation.
     audit_spec = spec if parent is None else parent.spec
-    tr_records, tr_images = index_tree(train_root, class_names, audit_spec, args.cache_dir, args.workers,
-                                       "index Training")
-    if audit_spec != spec:
-        resized, tr_images = index_tree(train_root, class_names, spec, args.cache_dir, args.workers,
-                                        f"index Training at {spec.image_size} px")
-        assert [r.path for r in resized] == [r.path for r in tr_records]
-    splits = {args.train_dir: tr_records}
-    if test_root is not None and test_root.is_dir():
-        splits[args.test_dir] = index_tree(test_root, class_names, audit_spec, args.cache_dir, args.workers,
-                                           "index Testing")[0]
-    audit, groups = audit_splits(splits, class_names, args.near_distance)
-    ok = np.array([not r.error for r in tr_records])
+    split = split_training(root, args.train_dir, args.test_dir, class_names, audit_spec, args)
+    tr_records, tr_images, splits = split.records, split.images, split.splits
+    audit, groups = split.audit, split.groups
+    train_idx, val_idx = split.train_idx, split.val_idx
     labels = np.array([r.label for r in tr_records])
     tr_groups = np.array(groups[args.train_dir])
-    usable = np.flatnonzero(ok)
-    t_idx, v_idx = leak_free_split(labels[usable], list(tr_groups[usable]), args.val_fraction, args.seed)
-    train_idx, val_idx = usable[t_idx], usable[v_idx]
-    assert not set(tr_groups[train_idx]) & set(tr_groups[val_idx]), "a duplicate group straddles train/val"
+    if audit_spec != spec:
+        resized, tr_images = index_tree(train_root, class_names, spec, args.cache_dir, args.workers,
+                                        f"index Training at {spec.image_size} px, {spec.head_search}")
+        assert [r.path for r in resized] == [r.path for r in tr_records]
     if parent is not None:
         if not args.epochs:  # nothing is trained: the card keeps the augmentation the weights were trained with
             args.gamma_range = parent.card.get("training", {}).get("hyperparameters", {}).get(

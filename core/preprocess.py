@@ -2,7 +2,9 @@
 
 Pipeline (parameters in :class:`PreprocessSpec`, stored in every checkpoint's card):
   1. crop to the head: Otsu threshold + largest contour, with a margin; falls back to
-     the whole image when no plausible head is found;
+     the whole image when no plausible head is found. Since spec version 3 the threshold is
+     found on a gamma-normalised copy (``head_search="gamma_otsu"``), so a darker or brighter
+     scan gets the same crop;
   2. robust intensity scaling measured inside the head: min .. ``intensity_percentile``
      -> [0, 1], so 8-bit, 16-bit, DICOM, differently exposed and differently framed
      scans land on one scale;
@@ -23,6 +25,14 @@ import torch
 from core.image_io import DecodedImage, DecodeLimits, DEFAULT_LIMITS, ImageSource, decode_image
 
 
+HEAD_SEARCHES = ("otsu", "gamma_otsu")
+# gamma_otsu drives the Otsu threshold of the normalised copy to this level. Chosen on validation
+# files for box stability under gamma 0.6-3.0 and agreement with the plain Otsu box on unshifted
+# scans (median IoU 0.99), with no model in the loop.
+_GAMMA_OTSU_TARGET = 0.40
+_GAMMA_OTSU_STEPS = 4
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """Input contract of a model. Serialised into the model card as a dict."""
@@ -34,7 +44,12 @@ class PreprocessSpec:
     min_head_fraction: float = 0.08  # smaller "heads" are treated as a failed crop
     mean: float = 0.0
     std: float = 1.0
-    version: int = 2
+    head_search: str = "gamma_otsu"  # see find_head_box; "otsu" is the version-2 search
+    version: int = 3
+
+    def __post_init__(self) -> None:
+        if self.head_search not in HEAD_SEARCHES:
+            raise ValueError(f"unknown head_search {self.head_search!r}; expected one of {HEAD_SEARCHES}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +57,8 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        # Cards written before head_search existed were trained on the plain Otsu crop.
+        known.setdefault("head_search", "otsu")
         return cls(**known)
 
 
@@ -89,13 +106,35 @@ def _intensity_window(small: np.ndarray, percentile: float) -> tuple[float, floa
     return lo, hi
 
 
-def find_head_box(norm01: np.ndarray, min_fraction: float) -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1) of the largest bright blob, or None if implausible."""
-    img8 = (np.clip(norm01, 0, 1) * 255).astype(np.uint8)
+def _otsu(norm01: np.ndarray, gamma: float = 1.0) -> tuple[float, np.ndarray]:
+    """Otsu threshold (0-255) and foreground mask (uint8 0/255) of a blurred 8-bit copy of ``norm01 ** gamma``."""
+    img8 = (np.clip(norm01, 0, 1) ** gamma * 255).astype(np.uint8)
     img8 = cv2.GaussianBlur(img8, (5, 5), 0)
-    thr, mask = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if thr <= 2:  # nothing separates foreground from background
-        return None
+    return cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+
+
+def find_head_box(norm01: np.ndarray, min_fraction: float,
+                  method: str = "otsu") -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1) of the largest bright blob, or None if implausible.
+
+    Args:
+        norm01: float32 (H, W) in [0, 1].
+        method: ``"otsu"`` thresholds the image as it is. ``"gamma_otsu"`` first bends the
+            mid-tones (``norm01 ** g``) until Otsu's threshold sits at 0.40. Why: Otsu's
+            threshold moves with the mid-tone curve, so on a darker scan (gamma 2.2) it rose
+            above the darker scalp, the box shrank (median IoU 0.90 with the unshifted box) and
+            the head was zoomed and cut; on the validation split that alone cost 5 points of
+            accuracy. Normalised, the box stays put for gamma 0.6-3.0 (median IoU >= 0.99).
+    """
+    thr, mask = _otsu(norm01)
+    if thr <= 2:  # nothing separates foreground from background (checked before any normalisation,
+        return None  # which would otherwise stretch pure noise into a "head")
+    if method == "gamma_otsu":
+        gamma = 1.0
+        for _ in range(_GAMMA_OTSU_STEPS):
+            level = min(max(thr, 1.0), 254.0) / 255  # keeps log() finite and non-zero
+            gamma = float(np.clip(gamma * np.log(_GAMMA_OTSU_TARGET) / np.log(level), 0.2, 5.0))
+            thr, mask = _otsu(norm01, gamma)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
@@ -120,7 +159,8 @@ def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preproces
     # around the head (framing) does not change the contrast the model sees.
     lo, hi = _intensity_window(small, spec.intensity_percentile)
     blank = (hi - lo) < 1e-3
-    box = None if blank else find_head_box(np.clip((small - lo) / (hi - lo), 0.0, 1.0), spec.min_head_fraction)
+    box = None if blank else find_head_box(np.clip((small - lo) / (hi - lo), 0.0, 1.0), spec.min_head_fraction,
+                                            spec.head_search)
     if box is None:
         x0, y0, x1, y1 = 0, 0, w, h
     else:

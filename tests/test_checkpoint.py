@@ -69,6 +69,20 @@ def test_card_test_time_augmentation_is_read_and_checked(tmp_path, tiny_bundle_d
         load_bundle(d)
 
 
+def test_card_head_search_is_read_and_checked(tmp_path, tiny_bundle_dir):
+    assert load_bundle(tiny_bundle_dir).spec.head_search == "gamma_otsu"  # train.py's default
+    d = tmp_path / "m"
+    shutil.copytree(tiny_bundle_dir, d)
+    card = json.loads((d / CARD_FILE).read_text())
+    del card["input_spec"]["head_search"]  # cards written before the field existed: the plain Otsu crop
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_bundle(d).spec.head_search == "otsu"
+    card["input_spec"]["head_search"] = "watershed"
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="unknown head_search 'watershed'"):
+        load_bundle(d)
+
+
 def test_card_carries_the_contract(tiny_bundle_dir):
     card = json.loads((tiny_bundle_dir / CARD_FILE).read_text())
     for key in ("class_names", "input_spec", "architecture", "calibration", "inference", "ood", "intended_use",

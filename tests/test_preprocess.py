@@ -85,6 +85,46 @@ def test_crop_falls_back_on_blank_and_noise(rng):
     assert noise.image.shape == (96, 96)
 
 
+def _graded_head(size: int = 256) -> np.ndarray:
+    """float (size, size): a head whose brightness falls off smoothly towards a dim rim (0.2), like real
+    scalp and cortex, on a black background with slight noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    r = np.sqrt((xx - 0.5) ** 2 / 0.16 + (yy - 0.5) ** 2 / 0.2)
+    img = np.where(r < 1, 0.2 + 0.7 * np.sqrt(np.clip(1 - r, 0, 1)), 0.0)
+    return np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return ix * iy / (area(a) + area(b) - ix * iy)
+
+
+def test_head_crop_holds_when_mid_tones_are_darker_or_brighter():
+    """Another scanner's contrast curve must not move the crop: the gamma-normalised search keeps the box."""
+    head = _graded_head()
+    to_u8 = lambda x: (x * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    steady, plain = PreprocessSpec(image_size=96), PreprocessSpec(image_size=96, head_search="otsu")
+    assert steady.head_search == "gamma_otsu"
+    ref = preprocess(to_u8(head), steady).crop_box
+    for gamma in (0.5, 0.6, 1.6, 2.2):
+        assert _iou(ref, preprocess(to_u8(head ** gamma), steady).crop_box) > 0.95, gamma
+    # Why it exists: plain Otsu's threshold climbs above the dim rim of a darker scan, and the box shrinks.
+    plain_ref = preprocess(to_u8(head), plain).crop_box
+    assert _iou(plain_ref, preprocess(to_u8(head ** 2.2), plain).crop_box) < 0.8
+    # Normalising must not invent a head in noise or a blank frame: same fallback as plain Otsu.
+    for frame in (np.zeros((128, 128), np.uint8), np.random.default_rng(1).integers(0, 4, (128, 128), np.uint8)):
+        a, b = preprocess(frame, steady), preprocess(frame, plain)
+        assert (a.crop_found, a.crop_box) == (b.crop_found, b.crop_box)
+
+
+def test_unknown_head_search_is_refused():
+    with pytest.raises(ValueError, match="unknown head_search"):
+        PreprocessSpec(head_search="watershed")
+
+
 def test_intensity_scaling_is_contrast_invariant(scan_u8):
     dim = (scan_u8.astype(np.float32) * 0.3).astype(np.uint8)
     a, b = preprocess(scan_u8, SPEC).image, preprocess(dim, SPEC).image
@@ -108,6 +148,8 @@ def test_map_to_original_round_trip(scan_u8):
 def test_spec_round_trips_through_dict():
     spec = PreprocessSpec(image_size=128, mean=0.3, std=0.2)
     assert PreprocessSpec.from_dict(spec.to_dict() | {"unknown": 1}) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "head_search"}  # a card from before the field
+    assert PreprocessSpec.from_dict(old).head_search == "otsu"
 
 
 def test_decode_reports_colour(scan_u8):

@@ -143,6 +143,15 @@ def test_init_from_at_another_size_fine_tunes_on_the_parents_split(tmp_path, tin
     # Same validation files as the parent: hashes for the split come from the parent's geometry.
     assert card["training"]["validation_fingerprint"] == parent["training"]["validation_fingerprint"]
     assert load_bundle(out).spec.image_size == 48
+    # Likewise a new head search: fine-tuned on the new crop, same validation files.
+    old_crop = tmp_path / "old-crop"
+    assert train.main(["--dry-run", "--out", str(old_crop), "--workers", "1", "--head-search", "otsu"]) == 0
+    steady = tmp_path / "steady"
+    assert train.main(["--dry-run", "--out", str(steady), "--workers", "1", "--head-search", "gamma_otsu",
+                       "--init-from", str(old_crop)]) == 0
+    old_card, new_card = (json.loads((d / "model_card.json").read_text()) for d in (old_crop, steady))
+    assert new_card["input_spec"] == {**old_card["input_spec"], "head_search": "gamma_otsu", "version": 3}
+    assert new_card["training"]["validation_fingerprint"] == old_card["training"]["validation_fingerprint"]
     # A different architecture or class list is still refused.
     assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--arch", "resnet18",
                        "--init-from", str(tiny_bundle_dir)]) == 2

@@ -9,8 +9,10 @@ controlled way at a time and re-runs the serving path (decode -> preprocess -> p
 
 Each shift is a plausible difference between sites, not a training augmentation to tune: the
 figures are a report, and models are selected on the validation split, never on them. (One design
-choice did follow from an earlier report, and the README says so: the darker-mid-tones drop led the
-shipped model's last run to widen its gamma augmentation; gamma 2.2 probes beyond that range.)
+choice did follow from an earlier report, and the README says so: the darker-mid-tones drop led an
+earlier run of the shipped model to widen its gamma augmentation; the cause, the head crop, was then
+found and fixed on the validation split: see tools.validation_split, which gives this command the
+validation files of a model.)
 """
 from __future__ import annotations
 

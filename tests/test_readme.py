@@ -51,4 +51,20 @@ def test_make_reproduce_weights_runs_the_cards_commands():
     make = (readme_sections.REPO / "Makefile").read_text().split("reproduce-weights:", 1)[1].split("\n\n", 1)[0]
     steps = [line.strip().replace("$(PY)", "python").replace("$(DATA)", "../shared/data/brain-tumor-mri")
              for line in make.splitlines()[1:] if line.startswith("\t")]
-    assert [core_args(c) for c in steps] == [core_args(c) for c in recorded]
+    # A default that changed after a step ran is pinned in the Makefile to what that step used (the step's
+    # recorded command is how it was typed, so it does not name the flag).
+    pinned = {"--head-search": "otsu"}
+
+    def unpin(make_words: list[str], recorded_words: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(make_words):
+            flag = make_words[i]
+            if flag in pinned and flag not in recorded_words and make_words[i + 1] == pinned[flag]:
+                i += 2
+                continue
+            out.append(flag)
+            i += 1
+        return out
+
+    assert len(steps) == len(recorded)
+    assert [unpin(core_args(m), core_args(r)) for m, r in zip(steps, recorded)] == [core_args(c) for c in recorded]

@@ -47,7 +47,7 @@ class PreprocessSpec:
     head_search: str = "gamma_otsu"  # see find_head_box; "otsu" is the version-2 search
     version: int = 3
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # refuse at load time, not at the first scan
         if self.head_search not in HEAD_SEARCHES:
             raise ValueError(f"unknown head_search {self.head_search!r}; expected one of {HEAD_SEARCHES}")
 
@@ -126,6 +126,8 @@ def find_head_box(norm01: np.ndarray, min_fraction: float,
             the head was zoomed and cut; on the validation split that alone cost 5 points of
             accuracy. Normalised, the box stays put for gamma 0.6-3.0 (median IoU >= 0.99).
     """
+    if method not in HEAD_SEARCHES:
+        raise ValueError(f"unknown head_search {method!r}; expected one of {HEAD_SEARCHES}")
     thr, mask = _otsu(norm01)
     if thr <= 2:  # nothing separates foreground from background (checked before any normalisation,
         return None  # which would otherwise stretch pure noise into a "head")

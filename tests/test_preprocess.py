@@ -121,8 +121,12 @@ def test_head_crop_holds_when_mid_tones_are_darker_or_brighter():
 
 
 def test_unknown_head_search_is_refused():
+    from core.preprocess import find_head_box
+
     with pytest.raises(ValueError, match="unknown head_search"):
         PreprocessSpec(head_search="watershed")
+    with pytest.raises(ValueError, match="unknown head_search"):
+        find_head_box(_graded_head(), 0.08, "watershed")
 
 
 def test_intensity_scaling_is_contrast_invariant(scan_u8):

@@ -33,6 +33,13 @@ _GAMMA_OTSU_TARGET = 0.40
 _GAMMA_OTSU_STEPS = 4
 
 
+def check_head_search(method: str) -> str:
+    """Return ``method`` if it is a known head search, else raise ``ValueError`` naming the choices."""
+    if method not in HEAD_SEARCHES:
+        raise ValueError(f"unknown head_search {method!r}; expected one of {HEAD_SEARCHES}")
+    return method
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """Input contract of a model. Serialised into the model card as a dict."""
@@ -48,8 +55,7 @@ class PreprocessSpec:
     version: int = 3
 
     def __post_init__(self) -> None:  # refuse at load time, not at the first scan
-        if self.head_search not in HEAD_SEARCHES:
-            raise ValueError(f"unknown head_search {self.head_search!r}; expected one of {HEAD_SEARCHES}")
+        check_head_search(self.head_search)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,8 +132,7 @@ def find_head_box(norm01: np.ndarray, min_fraction: float,
             the head was zoomed and cut; on the validation split that alone cost 5 points of
             accuracy. Normalised, the box stays put for gamma 0.6-3.0 (median IoU >= 0.99).
     """
-    if method not in HEAD_SEARCHES:
-        raise ValueError(f"unknown head_search {method!r}; expected one of {HEAD_SEARCHES}")
+    check_head_search(method)
     thr, mask = _otsu(norm01)
     if thr <= 2:  # nothing separates foreground from background (checked before any normalisation,
         return None  # which would otherwise stretch pure noise into a "head")

@@ -499,34 +499,31 @@ def profile_decode(spec, files: list[Path]) -> dict:
     return {"images": len(files), "ms_per_image": round(1000 * wall / len(files), 2), "top_functions": top}
 
 
-def training_epochs() -> dict:
+def training_epochs(extra_cards: list[Path] = ()) -> dict:
+    """Epoch times from the shipped model card and from the cards of timing runs (``--train-card``).
+
+    An epoch's seconds (``training.history``) include its validation pass; images/s is
+    training images per epoch divided by that, so runs on training sets of other sizes compare.
+    """
     out: dict = {}
-    card = REPO / "weights" / "model_card.json"
-    hist = []
-    device = None
-    if card.is_file():
+    for card_path in [REPO / "weights" / "model_card.json", *map(Path, extra_cards)]:
         try:
-            c = json.loads(card.read_text())
-            hist = c.get("training", {}).get("history", []) or []
-            device = c.get("training", {}).get("device")
+            t = json.loads(card_path.read_text()).get("training", {})
         except (OSError, ValueError):
-            pass
-    source = "weights/model_card.json"
-    if not hist:
-        logf = REPO / "runs" / "train.log"
-        if logf.is_file():
-            for line in logf.read_text(errors="replace").replace("\r", "\n").splitlines():
-                line = line.strip()
-                if line.startswith("{") and '"seconds"' in line:
-                    try:
-                        hist.append(json.loads(line))
-                    except ValueError:
-                        pass
-        source = "runs/train.log"
-    secs = [h["seconds"] for h in hist if "seconds" in h]
-    if secs:
-        out[device or "cpu"] = {"epochs": len(secs), "median_epoch_s": float(np.median(secs)),
-                                "min_epoch_s": float(min(secs)), "max_epoch_s": float(max(secs)), "source": source}
+            continue
+        secs = [h["seconds"] for h in t.get("history") or [] if "seconds" in h]
+        if not secs:
+            continue
+        try:
+            source = str(card_path.resolve().relative_to(REPO))
+        except ValueError:
+            source = card_path.name
+        median, n = float(np.median(secs)), t.get("train_files")
+        out[f"{t.get('device', '?')}: {source}"] = {
+            "device": t.get("device"), "epochs": len(secs), "median_epoch_s": median, "min_epoch_s": float(min(secs)),
+            "max_epoch_s": float(max(secs)), "train_images": n, "images_per_s": round(n / median, 1) if n else None,
+            "data": f"{t.get('data_root')}/{t.get('train_dir')}", "image_size": t.get("hyperparameters", {}).get(
+                "image_size"), "torch": t.get("torch"), "source": source}
     return out
 
 
@@ -711,8 +708,10 @@ def render(r: dict) -> str:
             f"{k} {v}" for k, v in st.items() if isinstance(v, (int, float))) + ".")
     tr = r.get("training_epochs", {})
     if tr:
-        parts.append("**Training**: " + "; ".join(
-            f"{dev}: median epoch {v['median_epoch_s']:.0f} s over {v['epochs']} epochs ({v['source']})"
+        parts.append("**Training** (`train.py`; an epoch includes its validation pass): " + "; ".join(
+            f"{v.get('device', dev)}: median epoch {v['median_epoch_s']:.1f} s over {v['epochs']} epochs"
+            + (f" of {v['train_images']} {v['image_size']} px images from `{v['data']}`" if v.get("train_images") else "")
+            + " (" + (f"{v['images_per_s']} img/s; " if v.get("images_per_s") else "") + f"`{v['source']}`)"
             for dev, v in tr.items()) + ".")
     tg = r.get("targets", {})
     if tg:
@@ -730,8 +729,9 @@ def readme_section(r: dict, text: str) -> str:
     head = (f"## Benchmarks\n\nRun `python -m bench` (full, {took}; run it on a quiet machine) or "
             "`python -m bench --quick` (smoke test, < 1 min, numbers not meaningful). It measures on whatever machine "
             "it runs, prints the tables below and writes `bench/results/<machine>-<date>.json`. Figures below: "
-            f"`{r['output']}`" + (f"; earlier runs, on other machines or models: {', '.join(f'`{o}`' for o in others)}"
-                                  if others else "") + ".\n\n")
+            f"`{r['output']}`" + (f", from `{r['command']}`" if r.get("command") else "")
+            + (f"; earlier runs, on other machines or models: {', '.join(f'`{o}`' for o in others)}" if others else "")
+            + ".\n\n")
     notes = REPO / "bench" / "analysis.md"
     tail = "\n" + notes.read_text() if notes.is_file() else ""
     return head + text + tail
@@ -751,8 +751,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=None, help="README section path (default bench/README_section.md; "
                                                   "'-' to skip; quick mode skips unless given)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip (cold, memory, accuracy, vgg_latency)")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="measure nothing: re-render the README section (--readme) from a results file")
+    p.add_argument("--cold-runs", type=int, default=None, help="fresh processes for the cold single-scan figures "
+                                                              "(default 50; 1 in --quick)")
+    p.add_argument("--train-card", action="append", default=[], metavar="CARD",
+                   help="model_card.json of a training run whose epoch times to report beside the shipped model's")
     args = p.parse_args(argv)
+    if args.render:
+        r = json.loads(Path(args.render).read_text())
+        Path(args.readme or REPO / "bench" / "README_section.md").write_text(readme_section(r, render(r)))
+        return 0
     cfg = dict(QUICK if args.quick else FULL)
+    if args.cold_runs is not None:
+        cfg["cold_runs"] = max(1, args.cold_runs)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     from core.device import select_device
@@ -763,7 +775,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(n_cores)
     started = time.time()
     results: dict = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "mode": "quick" if args.quick else "full", "machine": machine_info(device)}
+                     "mode": "quick" if args.quick else "full", "machine": machine_info(device),
+                     "command": " ".join(["python -m bench"] + (sys.argv[1:] if argv is None else list(argv)))}
+    slug = machine_slug(results["machine"])
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{slug}-{results['date'][:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+
+    def run(name: str, fn, *a, **k) -> None:
+        """One section, then everything so far to ``partial``: a run cut short keeps what it measured."""
+        section(results, name, fn, *a, **k)
+        partial.write_text(json.dumps(results, indent=2, default=str))
 
     # Model: the trained bundle when training has finished, else random weights.
     weights = args.weights or (str(REPO / "weights") if real_weights_ready(REPO / "weights") else "random")
@@ -818,21 +840,21 @@ def main(argv: list[str] | None = None) -> int:
                          "settings": {k: v for k, v in cfg.items()}}
     log(f"device {device}; {model_desc}; {data_desc}; ours: {ours.describe()}")
 
-    section(results, "backends", bench_backends, bundle, device, cfg, calibration, n_cores, vgg)
+    run("backends", bench_backends, bundle, device, cfg, calibration, n_cores, vgg)
     objects = results["backends"].pop("_objects", {}) if isinstance(results["backends"], dict) else {}
     if cfg["accuracy"] and real_data and weights != "random" and "accuracy" not in skip and objects:
-        section(results, "accuracy", accuracy_check, objects, bundle, device, interleave_classes(list_images(data)),
+        run("accuracy", accuracy_check, objects, bundle, device, interleave_classes(list_images(data)),
                 n_cores)
-    section(results, "single_scan_warm", single_scan_warm, ours, files, cfg["warm_runs"])
+    run("single_scan_warm", single_scan_warm, ours, files, cfg["warm_runs"])
     if "vgg_latency" not in skip:
-        section(results, "single_scan_vgg16_warm", single_scan_warm, vgg, files, cfg["vgg_warm_runs"], None)
+        run("single_scan_vgg16_warm", single_scan_warm, vgg, files, cfg["vgg_warm_runs"], None)
     if "cold" not in skip:
-        section(results, "single_scan_cold", single_scan_cold, weights, files, cfg["cold_runs"], args.precision,
+        run("single_scan_cold", single_scan_cold, weights, files, cfg["cold_runs"], args.precision,
                 calibration, device, n_cores)
-        section(results, "single_scan_cold_after_warmup", single_scan_cold, weights, files,
+        run("single_scan_cold_after_warmup", single_scan_cold, weights, files,
                 max(1, cfg["cold_runs"] // 5), args.precision, calibration, device, n_cores, True)
     tune_bs = 64 if not args.quick else cfg["sizes"][-1]
-    section(results, "pipeline_tuning", tune_pipeline, ours, files[:cfg["tune_images"]], tune_bs, device)
+    run("pipeline_tuning", tune_pipeline, ours, files[:cfg["tune_images"]], tune_bs, device)
     tuned = results["pipeline_tuning"].get("chosen", {"workers": n_cores, "threads": n_cores})
     vgg_tune = {"chosen": dict(tuned) if device.type == "cuda" else {"workers": 1, "threads": n_cores}}
     if device.type == "cpu" and not args.quick:
@@ -842,26 +864,26 @@ def main(argv: list[str] | None = None) -> int:
                           e2e(vgg, files[:32], 32, w, n_cores)["images_per_s"]})
         best = max(tried, key=lambda x: x["images_per_s"])
         vgg_tune = {"chosen": {"workers": best["workers"], "threads": best["threads"]}, "tried": tried}
-    section(results, "throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned,
+    run("throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned,
             vgg_tune["chosen"], device)
-    section(results, "cam_throughput", cam_throughput, ours, files, cfg, tuned)
-    section(results, "cam_engines", cam_engines, ours, files, min(cfg["cam_engine_bs"], len(files)))
+    run("cam_throughput", cam_throughput, ours, files, cfg, tuned)
+    run("cam_engines", cam_engines, ours, files, min(cfg["cam_engine_bs"], len(files)))
     if device.type == "cuda":
         gpu_objs = {k: v for k, v in objects.items()}
-        section(results, "gpu", gpu_section, gpu_objs, files, cfg, device, bundle)
-    section(results, "profile", profile_forward, ours, 64)
-    section(results, "profile_decode", profile_decode, bundle.spec, files[:200 if not args.quick else 8])
+        run("gpu", gpu_section, gpu_objs, files, cfg, device, bundle)
+    run("profile", profile_forward, ours, 64)
+    run("profile_decode", profile_decode, bundle.spec, files[:200 if not args.quick else 8])
     if "memory" not in skip:
         cmd = [sys.executable, "-m", "bench.memory", "--weights", weights, "--data", str(data),
                "--images", str(cfg["memory_images"]), "--batch-size", "64", "--workers", str(tuned["workers"]),
                "--threads", str(tuned["threads"]), "--precision", args.precision, "--device", str(device)]
         if calibration:
             cmd += ["--calibration", str(calibration)]
-        section(results, "memory", run_json, cmd, 1800)
+        run("memory", run_json, cmd, 1800)
         cmd = [sys.executable, "-m", "bench.single_memory", "--weights", weights, "--data", str(data),
                "--calls", str(cfg["single_memory_calls"]), "--threads", str(n_cores), "--precision", args.precision,
                "--device", str(device)]
-        section(results, "single_scan_memory", run_json, cmd, 1800)
+        run("single_scan_memory", run_json, cmd, 1800)
 
     # Where the CPU time of one batch image goes (per image, summed over cores).
     split: dict = {}
@@ -876,21 +898,17 @@ def main(argv: list[str] | None = None) -> int:
     if split and "native" in ce:
         split["grad-cam (native, batched)"] = ce["native"]["ms_per_image"]
     results["stage_split"] = split
-    results["training_epochs"] = training_epochs()
-    if device.type == "cuda":
-        results["training_epochs"].setdefault("cuda", "not in the training log/model card of this checkout")
+    results["training_epochs"] = training_epochs(args.train_card)
     results["peak_rss_this_process"] = peak_rss_mb()
     results["targets"] = targets(results, device)
 
-    slug = machine_slug(results["machine"])
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{slug}-{results['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         results["output"] = str(out.resolve().relative_to(REPO))
     except ValueError:
         results["output"] = str(out)
     results["seconds"] = round(time.time() - started)
     out.write_text(json.dumps(results, indent=2, default=str))
+    partial.unlink(missing_ok=True)
     text = render(results)
     print(text)
     readme = args.readme if args.readme is not None else ("-" if args.quick else str(REPO / "bench" / "README_section.md"))

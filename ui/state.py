@@ -60,7 +60,12 @@ def load_predictor(weights_dir: str, device: str, precision: str, stamp: tuple) 
     """Load + verify the bundle and build the predictor. Exceptions are not cached by Streamlit,
     so a fixed weights folder is picked up on the next rerun."""
     del stamp  # only part of the cache key
-    return Predictor(load_bundle(weights_dir), select_device(device), precision=precision)
+    predictor = Predictor(load_bundle(weights_dir), select_device(device), precision=precision)
+    # One dummy scan under the loading spinner, so the first radiologist's scan does not pay the one-time
+    # kernel setup (CUDA kernels, cuDNN plans, oneDNN primitives). On a GPU that setup is most of the first
+    # scan's time: compare the bench's "Single scan, cold" with "cold, after Predictor.warmup() at load".
+    predictor.warmup()
+    return predictor
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

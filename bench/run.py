@@ -843,16 +843,15 @@ def main(argv: list[str] | None = None) -> int:
     run("backends", bench_backends, bundle, device, cfg, calibration, n_cores, vgg)
     objects = results["backends"].pop("_objects", {}) if isinstance(results["backends"], dict) else {}
     if cfg["accuracy"] and real_data and weights != "random" and "accuracy" not in skip and objects:
-        run("accuracy", accuracy_check, objects, bundle, device, interleave_classes(list_images(data)),
-                n_cores)
+        run("accuracy", accuracy_check, objects, bundle, device, interleave_classes(list_images(data)), n_cores)
     run("single_scan_warm", single_scan_warm, ours, files, cfg["warm_runs"])
     if "vgg_latency" not in skip:
         run("single_scan_vgg16_warm", single_scan_warm, vgg, files, cfg["vgg_warm_runs"], None)
     if "cold" not in skip:
         run("single_scan_cold", single_scan_cold, weights, files, cfg["cold_runs"], args.precision,
-                calibration, device, n_cores)
+            calibration, device, n_cores)
         run("single_scan_cold_after_warmup", single_scan_cold, weights, files,
-                max(1, cfg["cold_runs"] // 5), args.precision, calibration, device, n_cores, True)
+            max(1, cfg["cold_runs"] // 5), args.precision, calibration, device, n_cores, True)
     tune_bs = 64 if not args.quick else cfg["sizes"][-1]
     run("pipeline_tuning", tune_pipeline, ours, files[:cfg["tune_images"]], tune_bs, device)
     tuned = results["pipeline_tuning"].get("chosen", {"workers": n_cores, "threads": n_cores})
@@ -864,8 +863,7 @@ def main(argv: list[str] | None = None) -> int:
                           e2e(vgg, files[:32], 32, w, n_cores)["images_per_s"]})
         best = max(tried, key=lambda x: x["images_per_s"])
         vgg_tune = {"chosen": {"workers": best["workers"], "threads": best["threads"]}, "tried": tried}
-    run("throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned,
-            vgg_tune["chosen"], device)
+    run("throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned, vgg_tune["chosen"], device)
     run("cam_throughput", cam_throughput, ours, files, cfg, tuned)
     run("cam_engines", cam_engines, ours, files, min(cfg["cam_engine_bs"], len(files)))
     if device.type == "cuda":

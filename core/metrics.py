@@ -5,6 +5,8 @@ draws exactly this dict, and ``train.py`` / ``core.evaluate`` write it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
@@ -80,3 +82,49 @@ def summary(m: dict) -> dict:
     """The headline numbers of :func:`evaluate_predictions` output (for the model card)."""
     keys = ("n", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "ece", "ece_uncalibrated")
     return {k: m[k] for k in keys if k in m} | {"n_misclassified": len(m.get("misclassified", []))}
+
+
+# Class names that mean "no tumour", compared on their lower-cased letters alone, as prefixes:
+# "notumor", "No_Tumour", "_NORMAL T1" (the 44-class variant) match; "abnormal" does not.
+NO_FINDING_PREFIXES = ("notumor", "notumour", "normal", "healthy", "nofinding")
+
+
+def no_finding_classes(class_names: Sequence[str]) -> list[str]:
+    """The classes whose names mean "no tumour" (see :data:`NO_FINDING_PREFIXES`); empty if none do."""
+    return [n for n in class_names if "".join(filter(str.isalpha, n.lower())).startswith(NO_FINDING_PREFIXES)]
+
+
+def missed_findings(m: Mapping, class_names: Sequence[str], confident_at: float) -> dict | None:
+    """Tumours read as "no tumour": the error a reader most needs to know about.
+
+    A confusion between two tumour classes still sends the slice for review; a tumour called
+    "no tumour" with high confidence does not. Read from :func:`evaluate_predictions` output.
+
+    Args:
+        m: one set's metrics (``confusion_matrix`` K x K, ``misclassified`` list).
+        class_names: the K names, index-aligned with the confusion matrix.
+        confident_at: calibrated confidence at and above which a result is shown as confident
+            (the dashboard's "uncertain below" threshold), in [0, 1].
+    Returns:
+        None when no class means "no tumour"; else ``with_finding`` (slices of any other class),
+        ``missed`` (of those, predicted as a no-tumour class), ``missed_confident`` (of those, with
+        confidence >= ``confident_at``), ``max_confidence`` (highest confidence of a miss, or None),
+        ``missed_files`` (their file names), ``without_finding`` and ``false_alarms`` (no-tumour
+        slices given a tumour class).
+    """
+    negative = set(no_finding_classes(class_names))
+    if not negative:
+        return None
+    cm = np.asarray(m["confusion_matrix"])
+    is_neg = np.array([n in negative for n in class_names])
+    misses = [r for r in m.get("misclassified", []) if r["true"] not in negative and r["predicted"] in negative]
+    confidences = [float(r["confidence"]) for r in misses]
+    return {
+        "with_finding": int(cm[~is_neg].sum()),
+        "missed": int(cm[np.ix_(~is_neg, is_neg)].sum()),
+        "missed_confident": sum(c >= confident_at for c in confidences),
+        "max_confidence": max(confidences, default=None),
+        "missed_files": [r["file"] for r in misses],
+        "without_finding": int(cm[is_neg].sum()),
+        "false_alarms": int(cm[np.ix_(is_neg, ~is_neg)].sum()),
+    }

@@ -9,10 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from core.cam import CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
+from core.checkpoint import METRICS_FILE
 from core.dicom_io import apply_display_window
 from core.errors import ImageLoadError
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
-from ui import charts, state
+from core.metrics import missed_findings, no_finding_classes
+from ui import charts, state, views
 from ui.imaging import draw_peak_marker, grey_to_rgb, png_bytes, to_uint8
 from ui.results import Analysis, analyse_bytes, explain, record_csv, record_json, result_record
 
@@ -145,6 +147,7 @@ except Exception as exc:  # noqa: BLE001 - never a traceback in the page
     st.stop()
 
 pred = analysis.prediction
+names = ctx.class_names
 threshold = ctx.uncertain_below
 uncertain = pred.is_uncertain(threshold)
 
@@ -165,11 +168,20 @@ with st.container(border=True):
         st.warning(f"**Uncertain.** Calibrated confidence {pred.confidence:.1%} is below the {threshold:.0%} "
                    "threshold set in the sidebar. Treat the class as undetermined and review the scan.",
                    icon=":material/help:")
+    if not pred.ood and pred.label in no_finding_classes(names):
+        shipped = views.read_json(Path(ctx.config.weights_dir) / METRICS_FILE) or {}
+        # Quote Testing figures only where they were measured for the model that gave this result.
+        measured_here = {k: v for k, v in (shipped.get("model") or {}).items() if k != "name"} == \
+            ctx.predictor.bundle.identity
+        testing = (shipped.get("sets") or {}).get("testing_full") if measured_here else None
+        missed = missed_findings(testing, shipped.get("class_names", names), threshold) if testing else None
+        st.info("**\"No tumour\" is not a negative read.** The model can miss a tumour with high confidence; read "
+                "the whole slice." + (" On the Testing split: " + views.missed_findings_text(missed, threshold)
+                                      if missed else ""), icon=":material/visibility_off:")
     for w in pred.warnings:
         st.info(w, icon=":material/info:")
 
 # -- explanation controls ---------------------------------------------------------------------
-names = ctx.class_names
 k1, k2, k3, k4 = st.columns([1.1, 1.3, 1, 0.8])
 method = k1.selectbox("CAM method", list(CAM_METHODS), format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
 target_options = [None] + list(range(len(names)))

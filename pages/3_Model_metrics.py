@@ -1,7 +1,6 @@
 """Model metrics: the evaluation written by train.py, the data audit, the model card, re-evaluation, audit trail."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -23,27 +22,9 @@ ctx = state.current()
 card = ctx.predictor.bundle.card
 names = ctx.class_names
 weights = Path(ctx.config.weights_dir)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def load_json(path: str, stamp: float) -> dict | None:
-    del stamp
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _stamp(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return -1.0
-
-
 metrics_path, audit_path = weights / METRICS_FILE, weights / AUDIT_FILE
-metrics = load_json(str(metrics_path), _stamp(metrics_path))
-data_audit = load_json(str(audit_path), _stamp(audit_path))
+metrics = views.read_json(metrics_path)
+data_audit = views.read_json(audit_path)
 
 st.title("Model metrics")
 st.caption(f"`{ctx.predictor.bundle.name}` version {ctx.predictor.bundle.version} · evaluation written by "
@@ -87,13 +68,14 @@ for tab_name, set_key in (("Testing — full", "testing_full"), ("Testing — le
             else:
                 desc = m.get("definition") or ("All images of the Testing split." if set_key == "testing_full" else
                                                "Held-out part of Training used for early stopping and calibration.")
-                views.metrics_set_view(m, metrics.get("class_names", names), key=set_key, description=desc)
+                views.metrics_set_view(m, metrics.get("class_names", names), key=set_key, description=desc,
+                                       confident_at=ctx.uncertain_below)
 
 if tab_open("Stress test"):
     with tabs["Stress test"]:
         # A report beside the weights (a user's own model folder) wins over the repository's one.
         report = next((r for p in (weights / SHIFT_REPORT_NAME, REPO / "reports" / SHIFT_REPORT_NAME)
-                       if (r := load_json(str(p), _stamp(p))) is not None), None)
+                       if (r := views.read_json(p)) is not None), None)
         if report is None or report.get("model") != ctx.predictor.bundle.identity:
             st.info("No stress-test report for this model. Run `python -m tools.shift_eval` (add `--weights` and "
                     f"`--out {weights / SHIFT_REPORT_NAME}` for a model of your own).", icon=":material/science:")
@@ -216,7 +198,7 @@ if tab_open("Re-evaluate"):
         if res:
             st.success(f"Evaluated `{res['folder']}`: {res['metrics'].get('n', 0):,} images.",
                        icon=":material/task_alt:")
-            views.metrics_set_view(res["metrics"], names, key="reeval")
+            views.metrics_set_view(res["metrics"], names, key="reeval", confident_at=ctx.uncertain_below)
             bad = res["metrics"].get("unreadable") or []
             if bad:
                 with st.expander(f"{len(bad)} unreadable file(s)"):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +43,31 @@ def make_app_env(tmp: Path, weights: Path, monkeypatch=None) -> AppEnv:
         for k, v in env.env().items():
             monkeypatch.setenv(k, v)
     return env
+
+
+# A Testing set in which 2 of 10 tumour slices were read as no tumour (one at 97 %, one at 50 %).
+MISSED_TESTING = {
+    "n": 13, "accuracy": 10 / 13, "confusion_matrix": [[4, 0, 1, 0], [0, 3, 1, 0], [0, 0, 2, 1], [0, 0, 0, 1]],
+    "misclassified": [{"file": "glioma/g1.jpg", "true": "glioma", "predicted": "notumor", "confidence": 0.97},
+                      {"file": "meningioma/m1.jpg", "true": "meningioma", "predicted": "notumor", "confidence": 0.5},
+                      {"file": "notumor/n1.jpg", "true": "notumor", "predicted": "pituitary", "confidence": 0.8}],
+}
+
+
+def always_no_tumour_bundle(src: Path, dst: Path) -> Path:
+    """A copy of the model in ``src`` that reads every slice as "notumor" (a large head bias) and is never
+    "outside intended use", with a metrics.json holding :data:`MISSED_TESTING` as its full Testing set."""
+    from core.checkpoint import load_bundle, model_identity, save_bundle
+
+    bundle = load_bundle(src)
+    with torch.no_grad():
+        bundle.model.head.bias[bundle.class_names.index("notumor")] += 100.0
+    card = dict(bundle.card, ood=dict(bundle.card["ood"], threshold=float("inf")))
+    card = save_bundle(dst, bundle.model, card, ood=bundle.ood)
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card["name"], **model_identity(card)},
+                                                  "class_names": bundle.class_names,
+                                                  "sets": {"testing_full": MISSED_TESTING}}))
+    return dst
 
 
 def scan_png(seed: int = 0, label: int = 1, size: int = 192) -> bytes:

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_support import APP, CORRUPT_NAME, all_text, make_app_env, make_labelled_folder, scan_png
+from app_support import APP, CORRUPT_NAME, all_text, always_no_tumour_bundle, make_app_env, make_labelled_folder, scan_png
 from core.checkpoint import model_identity
 
 TIMEOUT = 180
@@ -27,6 +27,13 @@ def metrics_page(tab: str | None = None) -> AppTest:
         at.run()
     assert not at.exception and at.title[0].value == "Model metrics"
     return at
+
+
+def test_tumours_read_as_no_tumour_are_called_out(tiny_bundle_dir, tmp_path, monkeypatch):
+    make_app_env(tmp_path, always_no_tumour_bundle(tiny_bundle_dir, tmp_path / "model"), monkeypatch)
+    at = metrics_page()
+    missed = next(str(w.value) for w in at.warning if "read as no tumour" in str(w.value))
+    assert "2 of 10" in missed and "1 of them at or above the 60%" in missed and "given a tumour class: 1 of 3" in missed
 
 
 def test_shipped_metrics_render_for_both_testing_sets(app_env):

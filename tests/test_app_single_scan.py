@@ -6,7 +6,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_support import APP, all_text, dicom_bytes, make_app_env, make_labelled_folder, photo_png, scan_png
+from app_support import APP, all_text, always_no_tumour_bundle, dicom_bytes, make_app_env, make_labelled_folder, photo_png, scan_png
 
 TIMEOUT = 180
 
@@ -189,3 +189,23 @@ def test_oversize_upload_is_refused_with_the_limit(app_env, monkeypatch):
     at.run()
     assert not at.exception
     assert any("upload limit is 1 MB" in e.value for e in at.error)
+
+
+def test_no_tumour_result_warns_it_is_not_a_negative_read(tiny_bundle_dir, tmp_path, monkeypatch):
+    make_app_env(tmp_path, always_no_tumour_bundle(tiny_bundle_dir, tmp_path / "model"), monkeypatch)
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["Predicted class"] == "notumor"
+    caution = next(str(i.value) for i in at.info if "not a negative read" in str(i.value))
+    # The shipped model's own Testing figures (MISSED_TESTING), at the sidebar threshold.
+    assert "read as no tumour: 2 of 10" in caution and "1 of them at or above the 60%" in caution
+    assert "up to 97.0%" in caution and "given a tumour class: 1 of 3" in caution
+    at.sidebar.slider(key="uncertain_below").set_value(0.4).run()
+    assert "2 of them at or above the 40%" in next(str(i.value) for i in at.info if "negative read" in str(i.value))
+    # Figures measured for another model are not quoted; the caution itself stays.
+    metrics_file = tmp_path / "model" / "metrics.json"
+    metrics_file.write_text(metrics_file.read_text().replace('"version": "', '"version": "other-'))
+    at.run()
+    caution = next(str(i.value) for i in at.info if "not a negative read" in str(i.value))
+    assert "read the whole slice" in caution and "Testing split" not in caution

@@ -10,7 +10,7 @@ import pytest
 
 from core.calibration import fit_temperature, reliability, softmax
 from core.evaluate import main as evaluate_main
-from core.metrics import evaluate_predictions
+from core.metrics import evaluate_predictions, missed_findings, no_finding_classes
 from tests.conftest import REPO
 
 
@@ -74,6 +74,25 @@ def test_metrics_match_known_answers():
     lo, hi = m["accuracy_ci95"]
     assert 0 <= lo <= m["accuracy"] <= hi <= 1
     assert {x["file"] for x in m["misclassified"]} == {"f1", "f5"}
+
+
+def test_missed_findings_count_tumours_read_as_no_tumour():
+    names = ["glioma", "meningioma", "notumor", "pituitary"]
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    preds = np.array([2, 0, 2, 2, 3, 2, 0, 3])  # 3 tumours read as notumor, 1 notumor read as glioma
+    confidence = np.array([0.95, 0.9, 0.55, 0.7, 0.8, 0.9, 0.9, 0.9])
+    probs = np.full((8, 4), 0.0)
+    probs[np.arange(8), preds] = confidence
+    probs[np.arange(8), (preds + 1) % 4] = 1 - confidence
+    m = evaluate_predictions(labels, probs, names, [f"f{i}" for i in range(8)], n_boot=50)
+    got = missed_findings(m, names, confident_at=0.6)
+    assert got == {"with_finding": 6, "missed": 3, "missed_confident": 2, "max_confidence": pytest.approx(0.95),
+                   "missed_files": ["f0", "f2", "f3"], "without_finding": 2, "false_alarms": 1}
+    assert missed_findings(m, names, confident_at=0.99)["missed_confident"] == 0
+    # No class means "no tumour": nothing to report. The 44-class variant's normal classes do count.
+    assert missed_findings(m, ["a", "b", "c", "d"], 0.6) is None
+    assert no_finding_classes(["Glioma T1", "_NORMAL T1", "_NORMAL T2", "No_Tumour", "abnormal"]) == \
+        ["_NORMAL T1", "_NORMAL T2", "No_Tumour"]
 
 
 def test_temperature_scaling_reduces_ece():

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app_config import AppConfig
 from core.augment import AugmentConfig
 from core.checkpoint import model_identity
+from core.metrics import missed_findings
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -57,6 +59,30 @@ def _commands(training: dict) -> tuple[list[str], str | None]:
             break
         node = node.get("init_from")
     return [c for c in reversed(chain) if c], missing
+
+
+def _missed_findings_paragraph(sets: dict, names: list[str]) -> list[str]:
+    """Tumours read as no tumour, at the dashboard's default "uncertain below" threshold."""
+    threshold = AppConfig().uncertain_below
+    found = {key: missed_findings(sets[key], names, threshold) for key in ("testing_full", "testing_leak_free",
+                                                                            "validation")}
+    full = found["testing_full"]
+    if full is None:  # no class means "no tumour"
+        return []
+
+    def misses(f: dict) -> str:
+        return f"{f['missed']} of {f['with_finding']} ({f['missed_confident']} shown as confident)"
+
+    files = " (`" + "`, `".join(full["missed_files"]) + "`)" if full["missed"] else ""
+    top = f" (up to {full['max_confidence']:.1%})" if full["missed_confident"] else ""
+    return ["", f"**Tumours read as no tumour**, the error that matters most to a reader. On the full Testing split, "
+                f"{full['missed']} of the {full['with_finding']} tumour slices were read as no tumour{files}; "
+                f"{full['missed_confident']} of them at or above the dashboard's {threshold:.0%} threshold{top}, so the "
+                "page shows them as confident, not uncertain. Leakage-free subset: "
+                f"{misses(found['testing_leak_free'])}; validation: {misses(found['validation'])}. The other way, "
+                f"{full['false_alarms']} of the {full['without_finding']} no-tumour Testing slices were given a "
+                "tumour class. A \"no tumour\" result is therefore not a negative read; the *Misclassified* tab of "
+                "the metrics page shows these slices."]
 
 
 def render_model_results(weights: Path = WEIGHTS) -> str:
@@ -112,6 +138,7 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
         + f"; ROC AUC ≥ {math.floor(min(full['roc_auc'].values()) * 1000) / 1000:.3f} for every class. The most frequent confusion is "
         f"{names[t]} read as {names[p]} ({int(off[t, p])} slices). Calibration temperature "
         f"T = {card['calibration']['temperature']:.2f}, fitted on the validation split.")
+    lines += _missed_findings_paragraph(sets, names)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for label, key, metric, bound, op in TARGETS:
         v = sets[key][metric]

@@ -1,6 +1,7 @@
 """Streamlit drawing functions shared by pages: thumbnail galleries and metrics views."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -10,6 +11,7 @@ import streamlit as st
 
 from core.checkpoint import model_identity
 from core.errors import ImageLoadError
+from core.metrics import missed_findings
 from core.predictor import Predictor
 from core.preprocess import preprocess
 from ui import charts
@@ -25,6 +27,21 @@ def _stamp(path: str) -> tuple:
         return (s.st_mtime_ns, s.st_size)
     except OSError:
         return (None, None)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_json(path: str, stamp: tuple) -> dict | None:
+    del stamp  # cache key only
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file beside the model (metrics, data audit, stress test), re-read when it changes; None if
+    it is missing or unreadable."""
+    return _read_json(str(path), _stamp(str(path)))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -117,8 +134,18 @@ def _ci(ci: Sequence[float] | None) -> str:
     return f"95% CI {ci[0]:.1%} – {ci[1]:.1%}"
 
 
-def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description: str | None = None) -> None:
-    """Headline numbers, confusion matrix, per-class table, ROC and reliability for one evaluation set."""
+def missed_findings_text(missed: dict, confident_at: float) -> str:
+    """One sentence on tumours read as no tumour (:func:`core.metrics.missed_findings` output)."""
+    return (f"**Tumour slices read as no tumour: {missed['missed']} of {missed['with_finding']:,}**"
+            + (f", {missed['missed_confident']} of them at or above the {confident_at:.0%} 'uncertain' threshold "
+               f"(up to {missed['max_confidence']:.1%} confidence)" if missed["missed"] else "")
+            + f". No-tumour slices given a tumour class: {missed['false_alarms']} of {missed['without_finding']:,}.")
+
+
+def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description: str | None = None,
+                     confident_at: float | None = None) -> None:
+    """Headline numbers, tumours read as no tumour (at ``confident_at``, the sidebar threshold), confusion
+    matrix, per-class table, ROC and reliability for one evaluation set."""
     if not m or not m.get("n"):
         st.info("No images were evaluated for this set.")
         return
@@ -139,6 +166,10 @@ def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description:
     c[4].metric("Flagged out-of-distribution", f"{int(m.get('ood_flagged', 0) or 0):,}")
     if m.get("unreadable"):
         st.warning(f"{len(m['unreadable'])} file(s) could not be read and were left out.")
+    missed = None if confident_at is None else missed_findings(m, class_names, confident_at)
+    if missed and missed["with_finding"]:
+        (st.warning if missed["missed_confident"] else st.info)(
+            missed_findings_text(missed, confident_at), icon=":material/visibility_off:")
 
     left, right = st.columns(2)
     with left:

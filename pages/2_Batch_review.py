@@ -8,6 +8,7 @@ import streamlit as st
 from core.batch import csv_columns
 from core.cam import CAM_METHODS, COLORMAPS
 from core.files import PathNotAllowedError, count_image_files, resolve_within
+from core.metrics import no_finding_classes
 from ui import charts, state, views
 from ui.batch_job import (CANCELLED, DONE, FAILED, BatchJob, display_frame, filter_frame, format_seconds,
                           save_uploads, with_threshold)
@@ -152,6 +153,10 @@ if labelled:
     judged = view["correct"].dropna()
     m[4].metric("Accuracy (labelled rows)", f"{judged.mean():.1%}" if len(judged) else "–",
                 help=f"{int(judged.sum())} right of {len(judged)} with a class folder")
+negatives = no_finding_classes(names)
+if negatives and view["predicted"].isin(negatives).any():
+    st.caption(":material/visibility_off: **\"No tumour\" rows are not negative reads.** The model can miss a "
+               "tumour with high confidence (*Model metrics*: tumour slices read as no tumour); read those slices too.")
 c1, c2 = st.columns(2)
 c1.plotly_chart(charts.class_counts_fig(view, names), key="batch_counts", config={"displayModeBar": False})
 c2.plotly_chart(charts.confidence_histogram(view, names, ctx.uncertain_below), key="batch_hist",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_support import (APP, CLASSES, CORRUPT_BYTES, CORRUPT_NAME, all_text, make_app_env, make_labelled_folder,
-                         scan_png)
+from app_support import (APP, CLASSES, CORRUPT_BYTES, CORRUPT_NAME, all_text, always_no_tumour_bundle, make_app_env,
+                         make_labelled_folder, scan_png)
 
 TIMEOUT = 180
 PAGE = "pages/2_Batch_review.py"
@@ -55,6 +55,16 @@ def test_folder_batch_with_corrupted_file(app_env):
 
     rows = AuditTrail(app_env.audit_path).recent(50)
     assert len(rows) == 9 and sum(1 for r in rows if r["error"]) == 1 and all(r["source"] == "batch" for r in rows)
+
+
+def test_no_tumour_rows_are_not_called_negative_reads(tiny_bundle_dir, tmp_path, monkeypatch):
+    env = make_app_env(tmp_path, always_no_tumour_bundle(tiny_bundle_dir, tmp_path / "model"), monkeypatch)
+    make_labelled_folder(env.root / "set", per_class=1, corrupt=False)
+    at = run_folder(batch_page(), "set")
+    assert (at.dataframe(key="batch_table").value["predicted"] == "notumor").all()
+    assert "rows are not negative reads" in all_text(at)
+    at.multiselect(key="flt_classes").set_value(["glioma"]).run()  # no "no tumour" row shown: no caution
+    assert "rows are not negative reads" not in all_text(at)
 
 
 def test_filters_and_exports(app_env):

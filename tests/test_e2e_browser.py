@@ -167,6 +167,8 @@ def test_every_page_renders(page, server, tiny_bundle_dir):
     # The end of the page's script: on a fresh server's first session the script state can read "notRunning"
     # before the run has drawn the page, so wait for its last element before counting widgets.
     page.get_by_text("Waiting for a scan").wait_for()
+    # The uploader's <input> can be attached a moment after the text below it (CI saw a count of 0 once).
+    page.locator('input[type="file"]').first.wait_for(state="attached")
     assert page.locator('input[type="file"]').count() == 1
     shot(page, "e2e_1_single_scan_empty")
 

@@ -170,9 +170,10 @@ with st.container(border=True):
                    icon=":material/help:")
     if not pred.ood and pred.label in no_finding_classes(names):
         shipped = views.read_json(Path(ctx.config.weights_dir) / METRICS_FILE) or {}
-        # Quote Testing figures only where they were measured for the model that gave this result.
-        measured_here = {k: v for k, v in (shipped.get("model") or {}).items() if k != "name"} == \
-            ctx.predictor.bundle.identity
+        # Quote Testing figures only where they were measured for the model that gave this result (the record
+        # train.py and core.evaluate write: its name and identity).
+        bundle = ctx.predictor.bundle
+        measured_here = shipped.get("model") == {"name": bundle.name, **bundle.identity}
         testing = (shipped.get("sets") or {}).get("testing_full") if measured_here else None
         missed = missed_findings(testing, shipped.get("class_names", names), threshold) if testing else None
         st.info("**\"No tumour\" is not a negative read.** The model can miss a tumour with high confidence; read "

@@ -2,12 +2,13 @@
 
 Two engines give the same maps (bench checks the largest difference):
 
-* ``native`` (default for :class:`core.model.Classifier`, whose CAM layer is the last
-  backbone block): one forward pass through the backbone without gradients, then only
-  the tiny pool -> head graph is differentiated (``torch.autograd.grad`` with respect
-  to the CAM activations). No hooks, no parameter gradients, the whole batch at once on
-  the predictor's device; the maths of GradCAM, GradCAM++, LayerCAM and EigenCAM is
-  that of the ``grad-cam`` package (same normalisation and 10 -> S px upsampling).
+* ``native`` (default for :class:`core.model.Classifier`, whose CAM layer is a backbone
+  block): one forward pass up to the CAM layer without gradients, then only the rest
+  (the blocks after it, if any, and the tiny pool -> head graph) is differentiated
+  (``torch.autograd.grad`` with respect to the CAM activations). No hooks, no parameter
+  gradients, the whole batch at once on the predictor's device; the maths of GradCAM,
+  GradCAM++, LayerCAM and EigenCAM is that of the ``grad-cam`` package (same
+  normalisation and map -> S px upsampling).
   Nothing on the shared model is touched, so concurrent predictions are unaffected.
 * ``library``: the ``grad-cam`` package itself. Every call builds the CAM object in a
   ``with`` block, so its forward/backward hooks are removed afterwards even on error.
@@ -40,6 +41,7 @@ from core.preprocess import Preprocessed, map_to_original
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
 CLASS_AGNOSTIC = frozenset({"eigencam"})  # first principal component: ignores the target class
+CAM_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
 CAM_ENGINES = ("auto", "native", "library")
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
              "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
@@ -71,10 +73,11 @@ class CamResult:
 
 
 def native_supported(model: torch.nn.Module) -> bool:
-    """The native engine needs backbone -> (CAM layer = last backbone block) -> pool -> head."""
+    """The native engine needs backbone (CAM layer = backbone block ``cam_index``) -> pool -> head."""
     backbone = getattr(model, "backbone", None)
-    return (isinstance(backbone, torch.nn.Sequential) and len(backbone) > 0
-            and getattr(model, "cam_layer", None) is backbone[-1]
+    index = getattr(model, "cam_index", None)
+    return (isinstance(backbone, torch.nn.Sequential) and isinstance(index, int) and 0 <= index < len(backbone)
+            and getattr(model, "cam_layer", None) is backbone[index]
             and all(hasattr(model, a) for a in ("pool", "head")))
 
 
@@ -93,12 +96,13 @@ def _native_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] |
     model = predictor.model
     size = batch.shape[-2:]
     amp = predictor.amp_dtype if predictor.device.type == "cuda" else None
+    split = model.cam_index + 1  # blocks up to the CAM layer run without gradients; the rest is differentiated
     with torch.inference_mode(False), torch.no_grad(), torch.autocast(
             predictor.device.type, dtype=amp, enabled=amp is not None):
-        acts = model.backbone(batch)
+        acts = model.backbone[:split](batch)
     acts = acts.float().detach().requires_grad_(True)
     with torch.inference_mode(False), torch.enable_grad():
-        logits = model.head(torch.flatten(model.pool(acts), 1))
+        logits = model.head(torch.flatten(model.pool(model.backbone[split:](acts)), 1))
         if targets is None:
             targets = logits.argmax(1).tolist()
         grads = None

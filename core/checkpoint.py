@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
@@ -45,6 +44,24 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_verified(path: Path, expected_sha256: str, what: str, source: str,
+                  error: type[Exception] = CheckpointError) -> bytes:
+    """The bytes of ``path``, refused with ``error`` unless their SHA-256 is ``expected_sha256``.
+
+    Read once, then hashed and parsed from the same bytes: the file cannot be swapped in between. ``what``
+    names the file and ``source`` where the expected hash comes from, in the message.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{what} {path.name} cannot be read ({exc.strerror or exc})") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected_sha256:
+        raise error(f"{what} {path.name} failed its integrity check: SHA-256 is {actual[:12]}…, {source} expects "
+                    f"{expected_sha256[:12]}…. The file was modified or truncated; refusing to load it.")
+    return raw
 
 
 @dataclass
@@ -140,16 +157,7 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
         raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
     if not wfile.is_file():
         raise CheckpointError(f"weights file not found: {wfile}")
-    # Read once, then hash and parse the same bytes: the file cannot be swapped in between.
-    try:
-        raw = wfile.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"weights file {wfile.name} cannot be read ({exc.strerror or exc})") from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != expected:
-        raise CheckpointError(
-            f"weights file {wfile.name} failed its integrity check: SHA-256 is {actual[:12]}…, "
-            f"the model card expects {expected[:12]}…. The file was modified or truncated; refusing to load it.")
+    raw = read_verified(wfile, expected, "weights file", "the model card", CheckpointError)
     try:
         tensors = load_safetensors(raw)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -159,11 +167,14 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
     if _OOD_PREFIX + "means" in tensors:
         ood = MahalanobisOOD(tensors.pop(_OOD_PREFIX + "means"), tensors.pop(_OOD_PREFIX + "precision"),
                              float(card.get("ood", {}).get("threshold", float("inf"))))
-    model = build_model(arch["name"], spec.channels, len(class_names))
+    try:
+        model = build_model(arch["name"], spec.channels, len(class_names), cam_layer=arch.get("cam_layer"))
+    except ValueError as exc:
+        raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not match architecture {arch['name']!r}: {exc}") from None
     model.eval()
     temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    return ModelBundle(model, card, spec, class_names, temperature, ood, actual)
+    return ModelBundle(model, card, spec, class_names, temperature, ood, expected)

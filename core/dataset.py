@@ -39,6 +39,12 @@ class FileRecord:
     height: int = 0
     mode: str = ""
     error: str = ""
+    # Multi-source training (core.sources): where the record comes from and what is known about it.
+    source: str = ""
+    sequence: str = ""  # "T1", "T1C+", "T2", "FLAIR" or "unknown"
+    detail: str = ""  # the source's own finer label: the folder ("Schwannoma T2") or "tumour" / "no tumour"
+    case: str = ""  # patient or subject of a volume slice; "" for single images
+    tumour_mm2: float = -1.0  # labelled tumour area of a volume slice (mm^2); -1: not measured
 
 
 def class_names_of(root: str | Path) -> list[str]:

@@ -1,6 +1,10 @@
 """Evaluate a model on any labelled folder tree (``ROOT/<class>/**/<image>``).
 
     python -m core.evaluate FOLDER [--weights weights] [--out metrics.json] [--device auto]
+    python -m core.evaluate --held-out [--weights weights] [--out metrics.json]
+
+The second form re-runs the per-source evaluation of ``train.py``: the held-out (test) part of every
+source the model's card declares, rebuilt and verified against the card's fingerprints.
 
 The same code path as serving: files are decoded and preprocessed by ``core`` and
 predicted by :class:`core.predictor.Predictor`. ``train.py`` uses it for the shipped
@@ -14,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -28,7 +32,7 @@ from core.errors import CheckpointError, ImageLoadError
 from core.metrics import evaluate_predictions, summary
 from core.predictor import Predictor
 from core.image_io import decode_bytes, read_source_bytes
-from core.preprocess import preprocess_decoded
+from core.preprocess import Preprocessed, preprocess_decoded
 
 ProgressFn = Callable[[int, int], None]
 
@@ -57,7 +61,29 @@ def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
     names = predictor.class_names
     if not any((root / n).is_dir() for n in names):
         raise ValueError(f"{root} has none of the class folders {names}; expected ROOT/<class>/<images>")
-    files = list_labelled_files(root, names)
+    return run_files(predictor, root, list_labelled_files(root, names), batch_size, progress, show_bar, audit)
+
+
+def run_files(predictor: Predictor, root: str | Path, files: list[tuple[str, int]], batch_size: int = 32,
+              progress: ProgressFn | None = None, show_bar: bool = False,
+              audit: AuditTrail | None = None) -> LabelledRun:
+    """Predict the files ``root/<relative path>`` with their known labels (index into the model's classes)."""
+    root = Path(root)
+
+    def load(rel: str):
+        data, _ = read_source_bytes(root / rel)
+        sha = hashlib.sha256(data).hexdigest() if audit is not None else ""
+        return preprocess_decoded(decode_bytes(data, Path(rel).name), predictor.spec), sha
+
+    return run_items(predictor, ((rel, lab, lambda rel=rel: load(rel)) for rel, lab in files), len(files),
+                     batch_size, progress, show_bar, audit)
+
+
+def run_items(predictor: Predictor, items: Iterable[tuple[str, int, Callable[[], tuple[Preprocessed, str]]]],
+              total: int, batch_size: int = 32, progress: ProgressFn | None = None, show_bar: bool = False,
+              audit: AuditTrail | None = None) -> LabelledRun:
+    """Predict labelled items in batches: (name, label, loader) where ``loader()`` returns the preprocessed
+    image and its SHA-256 (for the audit trail) or raises ``ImageLoadError``, which is recorded, not raised."""
     kept, labels, logits, flags, scores, errors = [], [], [], [], [], []
     pending: list = []
 
@@ -75,23 +101,22 @@ def run_labelled(predictor: Predictor, root: str | Path, batch_size: int = 32,
             flags.append(pr.ood)
         pending.clear()
 
-    bar = tqdm(total=len(files), desc="evaluating", disable=not show_bar)
-    for i, (rel, lab) in enumerate(files):
+    bar = tqdm(total=total, desc="evaluating", disable=not show_bar)
+    for i, (rel, lab, loader) in enumerate(items):
         try:
-            data, _ = read_source_bytes(root / rel)
-            sha = hashlib.sha256(data).hexdigest() if audit is not None else ""
-            pending.append((rel, lab, preprocess_decoded(decode_bytes(data, Path(rel).name), predictor.spec), sha))
+            pre, sha = loader()
+            pending.append((rel, lab, pre, sha))
         except ImageLoadError as exc:
             errors.append({"file": rel, "error": str(exc)})
         if len(pending) >= batch_size:
             flush()
         bar.update(1)
         if progress:
-            progress(i + 1, len(files))
+            progress(i + 1, total)
     if pending:
         flush()
     bar.close()
-    k = len(names)
+    k = len(predictor.class_names)
     return LabelledRun(kept, np.array(labels, int), np.array(logits).reshape(-1, k), np.array(flags, bool),
                        np.array(scores, float), errors)
 
@@ -109,26 +134,47 @@ def metrics_for_run(run: LabelledRun, class_names: list[str], temperature: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate a model on a labelled folder tree ROOT/<class>/<images>.",
+    p = argparse.ArgumentParser(description="Evaluate a model on a labelled folder tree ROOT/<class>/<images>, or "
+                                            "on the held-out parts of the data it was trained from.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("folder", help="labelled folder: one sub-folder per class, named as in the model card")
+    p.add_argument("folder", nargs="?", help="labelled folder: one sub-folder per class, named as in the model card")
+    p.add_argument("--held-out", action="store_true",
+                   help="instead of FOLDER: the held-out part of every source in the model card's data spec")
+    p.add_argument("--data-root", default=None, help="with --held-out: folder of the data spec's sources "
+                                                     "(default: the one recorded in the card)")
     p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights)")
     p.add_argument("--out", default=None, help="write the full metrics JSON here")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     args = p.parse_args(argv)
+    if bool(args.folder) == args.held_out:
+        p.error("give a labelled FOLDER or --held-out (one of the two)")
     try:  # as core.batch: a bad model folder, device or labelled folder is a clear error, not a traceback
         bundle = load_bundle(args.weights)
         predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
-        run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
+        if args.held_out:
+            from core.source_eval import evaluate_parts
+            from core.splits import split_of_model
+
+            data, root, split = split_of_model(bundle.card, args.data_root)
+            metrics = {"sets": evaluate_parts(predictor, data, split, root, "test").sets,
+                       "class_names": bundle.class_names}
+        else:
+            run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
+            metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
     metrics["model"] = {"name": bundle.name, **bundle.identity}
-    print(json.dumps(summary(metrics), indent=2))
-    if run.errors:
-        print(f"{len(run.errors)} unreadable file(s) skipped; see 'unreadable' in the JSON")
+    if args.held_out:
+        for key, m in metrics["sets"].items():
+            print(key, json.dumps(summary(m) | {"detection": {k: v for k, v in (m.get("detection") or {}).items()
+                                                                if k in ("sensitivity", "specificity",
+                                                                         "confident_misses")}}))
+    else:
+        print(json.dumps(summary(metrics), indent=2))
+        if run.errors:
+            print(f"{len(run.errors)} unreadable file(s) skipped; see 'unreadable' in the JSON")
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}")

@@ -12,6 +12,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precisi
                              roc_auc_score, roc_curve)
 
 from core.calibration import reliability
+from core.data_spec import SEQUENCE_FAMILIES, UNKNOWN_SEQUENCE
 
 
 def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, metric, n_boot: int = 1000, seed: int = 0,
@@ -26,8 +27,12 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, metric, n_boot: int = 10
     return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
 
 
-def _macro_f1(y, p):
-    return f1_score(y, p, average="macro", zero_division=0)
+def macro_f1_over(present: Sequence[int]):
+    """Macro-F1 over the classes ``present`` in a set's ground truth. A class the set has no slice of (e.g.
+    "other lesion" on Kaggle Testing) is left out instead of averaged in as a zero; a slice predicted as it
+    still costs the F1 of its true class."""
+    labels = list(present)
+    return lambda y, p: f1_score(y, p, labels=labels, average="macro", zero_division=0)
 
 
 def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, class_names: list[str], files: list[str],
@@ -47,12 +52,14 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, class_names: lis
     k = len(class_names)
     ks = list(range(k))
     prec, rec, f1, support = precision_recall_fscore_support(labels, preds, labels=ks, zero_division=0)
+    macro_f1 = macro_f1_over(sorted(set(labels.tolist())))
     out: dict = {
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, preds)),
         "accuracy_ci95": bootstrap_ci(labels, preds, accuracy_score, n_boot),
-        "macro_f1": float(_macro_f1(labels, preds)),
-        "macro_f1_ci95": bootstrap_ci(labels, preds, _macro_f1, n_boot),
+        "macro_f1": float(macro_f1(labels, preds)),
+        "macro_f1_classes": [class_names[i] for i in sorted(set(labels.tolist()))],
+        "macro_f1_ci95": bootstrap_ci(labels, preds, macro_f1, n_boot),
         "confusion_matrix": confusion_matrix(labels, preds, labels=ks).tolist(),
         "per_class": {name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(class_names)},
@@ -83,6 +90,9 @@ def summary(m: dict) -> dict:
     keys = ("n", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "ece", "ece_uncalibrated")
     return {k: m[k] for k in keys if k in m} | {"n_misclassified": len(m.get("misclassified", []))}
 
+
+# The outcome for a tumour or lesion outside glioma / meningioma / pituitary (data_specs/multisource.json).
+OTHER_LESION = "other_lesion"
 
 # Class names that mean "no tumour", compared on their lower-cased letters alone, as prefixes:
 # "notumor", "No_Tumour", "_NORMAL T1" (the 44-class variant) match; "abnormal" does not.
@@ -128,3 +138,117 @@ def missed_findings(m: Mapping, class_names: Sequence[str], confident_at: float)
         "without_finding": int(cm[is_neg].sum()),
         "false_alarms": int(cm[np.ix_(is_neg, ~is_neg)].sum()),
     }
+
+
+def detection_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], confident_at: float,
+                      ood: np.ndarray | None = None, sequences: Sequence[str] | None = None,
+                      tumour_mm2: np.ndarray | None = None, min_tumour_mm2: float | None = None,
+                      files: Sequence[str] | None = None) -> dict | None:
+    """Tumour present vs absent, whatever the type: the reading a radiologist needs first.
+
+    Args:
+        labels: int (N,) true classes; probs: float (N, K) calibrated probabilities.
+        confident_at: confidence in [0, 1] at and above which a result is shown as confident.
+        ood: bool (N,) outside-intended-use flags; a flagged miss is not a *confident* miss (the reader is
+            told not to trust the class).
+        sequences: the MRI sequence per slice; figures are repeated per sequence family (T1, T1C+, T2/FLAIR).
+        tumour_mm2: labelled tumour area per slice (volumes); with ``min_tumour_mm2`` the sensitivity is also
+            given on slices with at least that much tumour.
+    Returns:
+        None when no class means "no tumour"; else ``sensitivity`` (tumour slices given any tumour or lesion
+        class), ``specificity`` (no-tumour slices called no tumour), their counts, ``confident_misses`` (tumour
+        slices called no tumour at or above ``confident_at`` and not flagged) with their rate among tumour
+        slices and files, and ``by_sequence``.
+    """
+    negative = set(no_finding_classes(class_names))
+    if not negative:
+        return None
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    neg_idx = [i for i, n in enumerate(class_names) if n in negative]
+    truth = ~np.isin(labels, neg_idx)
+    pred = ~np.isin(probs.argmax(1), neg_idx)
+    conf = probs.max(1)
+    flagged = np.zeros(len(labels), bool) if ood is None else np.asarray(ood, bool)
+    confident_miss = truth & ~pred & (conf >= confident_at) & ~flagged
+
+    def block(m: np.ndarray) -> dict:
+        pos, neg = truth & m, ~truth & m
+        out = {"n_tumour": int(pos.sum()), "n_no_tumour": int(neg.sum()),
+               "sensitivity": float(pred[pos].mean()) if pos.any() else None,
+               "specificity": float((~pred[neg]).mean()) if neg.any() else None,
+               "confident_misses": int((confident_miss & m).sum()),
+               "confident_miss_rate": float((confident_miss & m).sum() / pos.sum()) if pos.any() else None}
+        if pos.any():
+            out["sensitivity_ci95"] = list(_wilson(int(pred[pos].sum()), int(pos.sum())))
+        if neg.any():
+            out["specificity_ci95"] = list(_wilson(int((~pred[neg]).sum()), int(neg.sum())))
+        return out
+
+    result = block(np.ones(len(labels), bool))
+    result["confident_at"] = confident_at
+    if files is not None:
+        result["confident_miss_files"] = [files[i] for i in np.flatnonzero(confident_miss)]
+    if sequences is not None:
+        fams = np.array([SEQUENCE_FAMILIES.get(s, s) for s in sequences])
+        result["by_sequence"] = {f: block(fams == f) for f in sorted(set(fams)) if f != UNKNOWN_SEQUENCE}
+    if tumour_mm2 is not None and min_tumour_mm2 is not None:
+        area = np.asarray(tumour_mm2, float)
+        big = truth & (area >= min_tumour_mm2)
+        result["min_tumour_mm2"] = min_tumour_mm2
+        result["n_tumour_at_least_min"] = int(big.sum())
+        result["sensitivity_at_least_min"] = float(pred[big].mean()) if big.any() else None
+        if big.any():
+            result["sensitivity_at_least_min_ci95"] = list(_wilson(int(pred[big].sum()), int(big.sum())))
+    return result
+
+
+def per_class_by_sequence(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                          sequences: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Per sequence family (T1, T1C+, T2/FLAIR): each class's precision, recall and support, for the classes
+    present in that family's slices."""
+    labels, pred = np.asarray(labels), np.asarray(probs).argmax(1)
+    fams = np.array([SEQUENCE_FAMILIES.get(s, s) for s in sequences])
+    out = {}
+    for fam in sorted(set(fams.tolist()) - {UNKNOWN_SEQUENCE}):
+        m = fams == fam
+        present = sorted(set(labels[m].tolist()))
+        prec, rec, _, sup = precision_recall_fscore_support(labels[m], pred[m], labels=present, zero_division=0)
+        out[fam] = {class_names[k]: {"precision": float(p), "recall": float(r), "support": int(n)}
+                    for k, p, r, n in zip(present, prec, rec, sup)}
+    return out
+
+
+def _wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion: honest for small counts and for rates near 0 or 1."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def class_recall_as(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], true_class: str,
+                    predicted: Sequence[str]) -> dict | None:
+    """Share of ``true_class`` slices predicted as one of ``predicted`` (e.g. other lesions called no tumour)."""
+    if true_class not in class_names:
+        return None
+    t = np.asarray(labels) == class_names.index(true_class)
+    if not t.any():
+        return None
+    hit = np.isin(np.asarray(probs).argmax(1), [class_names.index(p) for p in predicted if p in class_names])
+    k = int((hit & t).sum())
+    return {"n": int(t.sum()), "count": k, "rate": k / int(t.sum()), "rate_ci95": list(_wilson(k, int(t.sum())))}
+
+
+def pooled_missed_findings(sets: Sequence[Mapping], class_names: Sequence[str], confident_at: float) -> dict | None:
+    """:func:`missed_findings` summed over several sets (the held-out parts of several sources)."""
+    parts = [r for r in (missed_findings(m, class_names, confident_at) for m in sets) if r is not None]
+    if not parts:
+        return None
+    out = {k: sum(p[k] for p in parts) for k in ("with_finding", "missed", "missed_confident", "without_finding",
+                                                 "false_alarms")}
+    out["max_confidence"] = max((p["max_confidence"] for p in parts if p["max_confidence"] is not None), default=None)
+    out["missed_files"] = [f for p in parts for f in p["missed_files"]]
+    return out

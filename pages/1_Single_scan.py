@@ -8,20 +8,26 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.cam import CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
+from core.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
 from core.checkpoint import METRICS_FILE
 from core.dicom_io import apply_display_window
 from core.errors import ImageLoadError
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
-from core.metrics import missed_findings, no_finding_classes
+from core.metrics import OTHER_LESION, no_finding_classes, pooled_missed_findings
 from ui import charts, state, views
 from ui.imaging import draw_peak_marker, grey_to_rgb, png_bytes, to_uint8
 from ui.results import Analysis, analyse_bytes, explain, record_csv, record_json, result_record
 
 UPLOAD, FROM_BATCH = "Upload a file", "From the last batch review"
-CAM_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM (class-agnostic)",
-              "layercam": "LayerCAM"}
+CAM_LABELS = CAM_METHOD_NAMES | {"eigencam": "EigenCAM (class-agnostic)"}
 MAX_CACHED = 8
+
+
+def default_cam_method() -> str:
+    """The CAM method chosen for the loaded model on validation patients (card ``explanation``), else Grad-CAM."""
+    method = (state.current().predictor.bundle.card.get("explanation") or {}).get("method")
+    return method if method in CAM_METHODS else "gradcam"
+
 
 ctx = state.current()
 st.title("Single scan")
@@ -90,7 +96,7 @@ def get_analysis(data: bytes, name: str) -> Analysis:
                              model_version=model.version,
                              predicted=pred.label, confidence=pred.confidence, probabilities=pred.probabilities,
                              ood=pred.ood, uncertain=pred.is_uncertain(ctx.uncertain_below),
-                             cam_method=st.session_state.get("cam_method", "gradcam"))
+                             cam_method=st.session_state.get("cam_method", default_cam_method()))
         except Exception as exc:  # noqa: BLE001 - logging must not hide the result
             st.warning(f"The prediction could not be written to the audit trail: {exc}")
         state.show_audit_count(ctx)
@@ -170,21 +176,30 @@ with st.container(border=True):
                    icon=":material/help:")
     if not pred.ood and pred.label in no_finding_classes(names):
         shipped = views.read_json(Path(ctx.config.weights_dir) / METRICS_FILE) or {}
-        # Quote Testing figures only where they were measured for the model that gave this result (the record
+        # Quote held-out figures only where they were measured for the model that gave this result (the record
         # train.py and core.evaluate write: its name and identity).
         bundle = ctx.predictor.bundle
         measured_here = shipped.get("model") == {"name": bundle.name, **bundle.identity}
-        testing = (shipped.get("sets") or {}).get("testing_full") if measured_here else None
-        missed = missed_findings(testing, shipped.get("class_names", names), threshold) if testing else None
+        held = {k: m for k, m in views.held_out_sets(shipped).items() if not k.endswith("_leak_free")} \
+            if measured_here else {}
+        missed = pooled_missed_findings(list(held.values()), shipped.get("class_names", names), threshold) \
+            if held else None
+        where = ", ".join(m.get("title", k) for k, m in held.items())
         st.info("**\"No tumour\" is not a negative read.** The model can miss a tumour with high confidence; read "
-                "the whole slice." + (" On the Testing split: " + views.missed_findings_text(missed, threshold)
+                "the whole slice." + (f" On the held-out parts ({where}): " + views.missed_findings_text(missed, threshold)
                                       if missed else ""), icon=":material/visibility_off:")
+    if not pred.ood and pred.label == OTHER_LESION:
+        st.info("**Other lesion.** The slice looks like it shows a tumour or lesion that is not a glioma, meningioma "
+                "or pituitary tumour: for example a schwannoma, metastasis, medulloblastoma, germinoma, papilloma, "
+                "central neurocytoma, granuloma or tuberculoma. The model does not name the type; read the slice.",
+                icon=":material/radiology:")
     for w in pred.warnings:
         st.info(w, icon=":material/info:")
 
 # -- explanation controls ---------------------------------------------------------------------
 k1, k2, k3, k4 = st.columns([1.1, 1.3, 1, 0.8])
-method = k1.selectbox("CAM method", list(CAM_METHODS), format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
+method = k1.selectbox("CAM method", list(CAM_METHODS), format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method",
+                      index=list(CAM_METHODS).index(default_cam_method()))
 target_options = [None] + list(range(len(names)))
 target = k2.selectbox(
     "Explain class", target_options, key="cam_target", disabled=method in CLASS_AGNOSTIC,

@@ -8,7 +8,7 @@ import streamlit as st
 from core.batch import csv_columns
 from core.cam import CAM_METHODS, COLORMAPS
 from core.files import PathNotAllowedError, count_image_files, resolve_within
-from core.metrics import no_finding_classes
+from core.metrics import OTHER_LESION, no_finding_classes
 from ui import charts, state, views
 from ui.batch_job import (CANCELLED, DONE, FAILED, BatchJob, display_frame, filter_frame, format_seconds,
                           save_uploads, with_threshold)
@@ -157,6 +157,10 @@ negatives = no_finding_classes(names)
 if negatives and view["predicted"].isin(negatives).any():
     st.caption(":material/visibility_off: **\"No tumour\" rows are not negative reads.** The model can miss a "
                "tumour with high confidence (*Model metrics*: tumour slices read as no tumour); read those slices too.")
+if OTHER_LESION in names and (view["predicted"] == OTHER_LESION).any():
+    st.caption(":material/radiology: **\"other_lesion\" rows** look like a tumour or lesion that is not a glioma, "
+               "meningioma or pituitary tumour (e.g. schwannoma, metastasis, medulloblastoma, granuloma); the model "
+               "does not name the type.")
 c1, c2 = st.columns(2)
 c1.plotly_chart(charts.class_counts_fig(view, names), key="batch_counts", config={"displayModeBar": False})
 c2.plotly_chart(charts.confidence_histogram(view, names, ctx.uncertain_below), key="batch_hist",

@@ -1,4 +1,5 @@
-"""Model metrics: the evaluation written by train.py, the data audit, the model card, re-evaluation, audit trail."""
+"""Model metrics: the evaluation written by train.py, per source and sequence, the targets, the data audit, the
+model card, re-evaluation and the audit trail."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,13 @@ from app_config import REPO
 from core.checkpoint import AUDIT_FILE, METRICS_FILE
 from core.evaluate import metrics_for_run, run_labelled
 from core.files import PathNotAllowedError, resolve_within
-from ui import state, views
+from core.targets import evaluate_targets
+from ui import charts, state, views
 
-SETS = {"testing_full": "Testing — full split", "testing_leak_free": "Testing — leakage-free",
-        "validation": "Validation"}
-TABS = ["Testing — full", "Testing — leakage-free", "Validation", "Stress test", "Data audit", "Misclassified",
-        "Model card", "Re-evaluate", "Audit trail"]
+TABS = ["By source", "Set details", "Targets", "Stress test", "Data audit", "Misclassified", "Model card",
+        "Re-evaluate", "Audit trail"]
 SHIFT_REPORT_NAME = "shift_eval.json"  # written by `python -m tools.shift_eval`
+SEQUENCE_SHIFT_REPORT_NAME = "shift_eval_feltrin.json"  # `python -m tools.shift_eval --source feltrin`
 
 ctx = state.current()
 card = ctx.predictor.bundle.card
@@ -34,22 +35,24 @@ if metrics is None:
                "to produce it; the *Re-evaluate* and *Audit trail* tabs still work.", icon=":material/warning:")
     metrics = {}
 sets = metrics.get("sets", {})
-if sets:
-    overview = []
-    for key, label in SETS.items():
-        m = sets.get(key)
-        if not m:
-            continue
-        ci, fci = m.get("accuracy_ci95") or [None, None], m.get("macro_f1_ci95") or [None, None]
-        overview.append({"set": label, "images": m.get("n"), "accuracy": m.get("accuracy"),
-                         "accuracy 95% CI": f"{ci[0]:.1%} – {ci[1]:.1%}" if ci[0] is not None else "",
-                         "macro-F1": m.get("macro_f1"),
-                         "macro-F1 95% CI": f"{fci[0]:.3f} – {fci[1]:.3f}" if fci[0] is not None else "",
-                         "ECE": m.get("ece"), "misclassified": len(m.get("misclassified", []))})
-    st.dataframe(pd.DataFrame(overview), hide_index=True, width="stretch", key="overview", column_config={
-        "accuracy": st.column_config.NumberColumn(format="percent"),
-        "macro-F1": st.column_config.NumberColumn(format="%.3f"),
-        "ECE": st.column_config.NumberColumn(format="%.3f")})
+held, validation = views.held_out_sets(metrics), views.validation_sets(metrics)
+left_out = metrics.get("left_out_sources") or []
+if held:
+    st.markdown("**Held-out parts, one per source of scans.** No slice, near copy or patient of these parts was "
+                "trained on or used to choose the model" + (f" (sources never trained on: {', '.join(left_out)})"
+                                                            if left_out else "") + ".")
+    st.dataframe(views.sources_frame(held), hide_index=True, width="stretch", key="overview",
+                 column_config=views.SOURCES_COLUMNS)
+
+
+def shift_report(name: str = SHIFT_REPORT_NAME) -> dict | None:
+    """A stress-test report for this model: beside its weights (a user's own model) or the repository's."""
+    for path in (weights / name, REPO / "reports" / name):
+        report = views.read_json(path)
+        if report is not None and report.get("model") == ctx.predictor.bundle.identity:
+            return report
+    return None
+
 
 tabs = dict(zip(TABS, st.tabs(TABS, key="metrics_tab", on_change="rerun")))
 
@@ -58,25 +61,56 @@ def tab_open(name: str) -> bool:
     return tabs[name].open is not False  # None (state not tracked) renders everything
 
 
-for tab_name, set_key in (("Testing — full", "testing_full"), ("Testing — leakage-free", "testing_leak_free"),
-                          ("Validation", "validation")):
-    if tab_open(tab_name):
-        with tabs[tab_name]:
-            m = sets.get(set_key)
-            if not m:
-                st.info("This set is not in the metrics file.")
-            else:
-                desc = m.get("definition") or ("All images of the Testing split." if set_key == "testing_full" else
-                                               "Held-out part of Training used for early stopping and calibration.")
-                views.metrics_set_view(m, metrics.get("class_names", names), key=set_key, description=desc,
-                                       confident_at=ctx.uncertain_below)
+if tab_open("By source"):
+    with tabs["By source"]:
+        if not held:
+            st.info("The metrics file has no held-out sets.")
+        elif any(m.get("detection") for m in held.values()):
+            st.markdown("**Tumour sensitivity and specificity by source** (bars: 95 % intervals; small parts have wide "
+                        "ones)")
+            st.plotly_chart(charts.detection_by_source_fig(held), key="by_source_fig",
+                            config={"displayModeBar": False})
+        seq = views.sequence_frame(held)
+        if len(seq):
+            st.markdown("**By MRI sequence** (where the source records it): a model that reads the sequence instead "
+                        "of the lesion shows here first.")
+            st.dataframe(seq, hide_index=True, width="stretch", key="by_sequence", column_config={
+                "tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
+                "specificity": st.column_config.NumberColumn(format="%.3f")})
+        for key, m in held.items():
+            missed = views.missed_findings(m, metrics.get("class_names", names), ctx.uncertain_below)
+            if missed and missed["missed_confident"]:
+                st.warning(f"{m.get('title', key)}: " + views.missed_findings_text(missed, ctx.uncertain_below),
+                           icon=":material/visibility_off:")
+        if validation:
+            st.markdown("**Validation parts** (the model was selected on these; the held-out figures above are the "
+                        "honest ones)")
+            st.dataframe(views.sources_frame(validation), hide_index=True, width="stretch", key="validation_overview",
+                         column_config=views.SOURCES_COLUMNS)
+
+if tab_open("Set details"):
+    with tabs["Set details"]:
+        choices = list(held) + [k for k in validation if k not in held]
+        if not choices:
+            st.info("No evaluation sets in the metrics file.")
+        else:
+            titles = {**{k: m.get("title", k) for k, m in sets.items()}, **{k: m["title"] for k, m in held.items()}}
+            key = st.selectbox("Set", choices, format_func=lambda k: titles.get(k, k), key="set_pick")
+            m = sets[key]
+            views.detection_view(m, key)
+            views.metrics_set_view(m, metrics.get("class_names", names), key=key, description=m.get("definition"),
+                                   confident_at=ctx.uncertain_below)
+
+if tab_open("Targets"):
+    with tabs["Targets"]:
+        st.markdown("The targets the multi-source model was built against, with the figure measured on the held-out "
+                    "parts (never on validation). **NO** marks a target that is missed.")
+        views.targets_view(evaluate_targets(metrics, {"card": card, "shift_eval": shift_report()}))
 
 if tab_open("Stress test"):
     with tabs["Stress test"]:
-        # A report beside the weights (a user's own model folder) wins over the repository's one.
-        report = next((r for p in (weights / SHIFT_REPORT_NAME, REPO / "reports" / SHIFT_REPORT_NAME)
-                       if (r := views.read_json(p)) is not None), None)
-        if report is None or report.get("model") != ctx.predictor.bundle.identity:
+        report = shift_report()
+        if report is None:
             st.info("No stress-test report for this model. Run `python -m tools.shift_eval` (add `--weights` and "
                     f"`--out {weights / SHIFT_REPORT_NAME}` for a model of your own).", icon=":material/science:")
         else:
@@ -89,25 +123,40 @@ if tab_open("Stress test"):
             st.dataframe(pd.DataFrame([{"change": r.get("description", k), "images": r.get("n"),
                                         "accuracy": r.get("accuracy"),
                                         "Δ accuracy": None if ref is None or k == "none" else r["accuracy"] - ref,
-                                        "macro-F1": r.get("macro_f1"), "flagged": r.get("ood_flagged_rate")}
+                                        "macro-F1": r.get("macro_f1"),
+                                        "tumour sensitivity": r.get("tumour_sensitivity"),
+                                        "flagged": r.get("ood_flagged_rate")}
                                        for k, r in shifts.items()]),
                          hide_index=True, width="stretch", key="shift_eval", column_config={
                              "accuracy": st.column_config.NumberColumn(format="percent"),
                              "Δ accuracy": st.column_config.NumberColumn(format="%+.3f"),
                              "macro-F1": st.column_config.NumberColumn(format="%.3f"),
+                             "tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
                              "flagged": st.column_config.NumberColumn("flagged outside intended use",
                                                                       format="percent")})
+        by_seq = shift_report(SEQUENCE_SHIFT_REPORT_NAME)
+        if by_seq is not None:
+            st.markdown(f"**By sequence** on `{by_seq.get('data')}`: tumour sensitivity per MRI sequence under each "
+                        "change.")
+            rows = [{"change": r.get("description", k), "sequence": q, "images": f.get("n"),
+                     "tumour sensitivity": f.get("tumour_sensitivity"), "specificity": f.get("specificity")}
+                    for k, r in by_seq.get("shifts", {}).items() for q, f in (r.get("by_sequence") or {}).items()]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="shift_eval_sequence",
+                         column_config={"tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
+                                        "specificity": st.column_config.NumberColumn(format="%.3f")})
 
 if tab_open("Data audit"):
     with tabs["Data audit"]:
         views.audit_summary_view(metrics.get("audit_summary", {}), data_audit)
         ood = metrics.get("ood") or card.get("ood", {}).get("evaluation")
         if ood:
-            st.markdown("**Out-of-distribution check** (synthetic non-MRI probes vs Testing slices)")
+            st.markdown("**Out-of-distribution check** (synthetic non-MRI probes vs held-out MRI slices)")
             c = st.columns(3)
-            c[0].metric("AUROC Testing vs non-MRI", f"{ood.get('auroc_testing_vs_non_mri', float('nan')):.3f}")
+            auroc = ood.get("auroc_heldout_vs_non_mri", ood.get("auroc_testing_vs_non_mri", float("nan")))
+            c[0].metric("AUROC held-out MRI vs non-MRI", f"{auroc:.3f}")
             c[1].metric("Non-MRI images flagged", f"{ood.get('non_mri_flagged_rate', float('nan')):.1%}")
-            c[2].metric("Testing slices flagged", f"{ood.get('testing_flagged_rate', float('nan')):.1%}")
+            c[2].metric("Held-out MRI slices flagged",
+                        f"{ood.get('heldout_flagged_rate', ood.get('testing_flagged_rate', float('nan'))):.1%}")
             per_kind = ood.get("non_mri_flagged_per_kind") or {}
             if per_kind:
                 st.dataframe(pd.DataFrame({"probe": list(per_kind), "flagged": list(per_kind.values())}),
@@ -116,31 +165,31 @@ if tab_open("Data audit"):
 
 if tab_open("Misclassified"):
     with tabs["Misclassified"]:
-        listed = [r["file"] for k in ("testing_full", "testing_leak_free") for r in sets.get(k, {}).get("misclassified", [])]
-        # The data counts as available where the Testing folder holds the files the metrics name.
-        testing = next((c / "Testing" for c in ctx.config.dataset_candidates(metrics, card)
-                        if (c / "Testing").is_dir() and any((c / "Testing" / f).is_file() for f in listed[:20])), None)
-        if not listed:
-            st.success("No misclassified Testing images are listed in the metrics file.")
-        elif testing is None:
-            st.info("The Testing images are not available on this machine (looked in the configured "
-                    "`dataset_root`, the dataset path in the metrics/card and `../shared/data/brain-tumor-mri`), "
-                    "so the misclassified gallery is hidden.", icon=":material/image_not_supported:")
+        with_files = {k: m for k, m in held.items() if m.get("misclassified")}
+        if not with_files:
+            st.success("No misclassified held-out images are listed in the metrics file.")
         else:
-            which = st.segmented_control("Set", ["testing_full", "testing_leak_free"], default="testing_full",
-                                         required=True, format_func=lambda k: SETS[k], key="mis_set")
-            wrong = sorted(sets.get(which, {}).get("misclassified", []), key=lambda r: -float(r.get("confidence", 0)))
-            st.caption(f"{len(wrong):,} misclassified images from `{testing}`, most confident mistakes first.")
-            if wrong:
+            which = st.selectbox("Set", list(with_files), format_func=lambda k: with_files[k].get("title", k),
+                                 key="mis_set")
+            wrong = sorted(with_files[which]["misclassified"], key=lambda r: -float(r.get("confidence", 0)))
+            folder = views.set_folder(with_files[which], which, card, ctx.config.dataset_candidates(metrics, card))
+            if folder is None:
+                st.info("The images of this set are not available on this machine (volume slices have no file, "
+                        "and image folders were looked for under the configured `dataset_root`, the data root in "
+                        "the metrics/card and `../shared/data`), so only the list is shown.",
+                        icon=":material/image_not_supported:")
+                st.dataframe(pd.DataFrame(wrong), hide_index=True, width="stretch", key="mis_list")
+            else:
+                st.caption(f"{len(wrong):,} misclassified images from `{folder}`, most confident mistakes first.")
                 show_cam = st.toggle("Heatmaps for the predicted class", value=False, key="mis_cam")
                 start, stop = views.pager(len(wrong), ctx.config.gallery_page_size, key="mis_page")
                 shown = wrong[start:stop]
                 paths = []
                 for r in shown:
-                    try:  # file names come from the metrics file: keep them inside the Testing folder
-                        paths.append(resolve_within(r["file"], [testing]))
+                    try:  # file names come from the metrics file: keep them inside the set's folder
+                        paths.append(resolve_within(r["file"], [folder]))
                     except PathNotAllowedError:
-                        paths.append(testing / "__outside__")
+                        paths.append(folder / "__outside__")
                 with st.spinner("Rendering thumbnails…"):
                     images = views.thumbnails(ctx.predictor, paths, "gradcam" if show_cam else None)
                 items = [{"title": r["file"], "caption": f"true **{r['true']}** → :red[**{r['predicted']}**] "

@@ -160,3 +160,38 @@ def set_env_for_subprocess(env: AppEnv) -> dict[str, str]:
     out.pop("MRI_APP_CONFIG", None)
     out.update(env.env())
     return out
+
+
+def other_lesion_bundle(src: Path, dst: Path) -> Path:
+    """A copy of the model in ``src`` with a fifth class, "other_lesion", that it gives every slice (a new head
+    row with a large bias), never "outside intended use"; metrics.json holds a held-out set in the per-source
+    format that ``train.py`` writes."""
+    from core.checkpoint import load_bundle, model_identity, save_bundle
+    from core.metrics import class_recall_as, detection_metrics, evaluate_predictions
+
+    bundle = load_bundle(src)
+    head = bundle.model.head
+    new = torch.nn.Linear(head.in_features, head.out_features + 1)
+    with torch.no_grad():
+        new.weight[:-1] = head.weight
+        new.bias[:-1] = head.bias
+        new.weight[-1] = 0.0
+        new.bias[-1] = 100.0
+    bundle.model.head = new
+    names = bundle.class_names + ["other_lesion"]
+    card = dict(bundle.card, class_names=names, ood=dict(bundle.card["ood"], threshold=float("inf")),
+                architecture=dict(bundle.card["architecture"], num_classes=len(names)))
+    ood = bundle.ood
+    if ood is not None:  # one more (unused) class mean for the OOD statistics
+        ood.means = torch.cat([ood.means, ood.means[:1]])
+    card = save_bundle(dst, bundle.model, card, ood=ood)
+    labels = np.array([names.index("other_lesion")] * 3 + [names.index("notumor")] * 2)
+    o, n = names.index("other_lesion"), names.index("notumor")
+    probs = np.eye(len(names))[[o, o, n, o, n]]  # one other lesion called no tumour, one false alarm
+    held = evaluate_predictions(labels, probs, names, [f"x{i}.jpg" for i in range(5)], n_boot=20)
+    held["detection"] = detection_metrics(labels, probs, names, 0.6, sequences=["T1", "T2", "T2", "T1", "T2"])
+    held["other_lesion_called_no_tumour"] = class_recall_as(labels, probs, names, "other_lesion", ["notumor"])
+    held.update(source="feltrin", part="test", title="Feltrin 44-class held-out", definition="synthetic")
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card["name"], **model_identity(card)},
+                                                  "class_names": names, "sets": {"feltrin_test": held}}))
+    return dst

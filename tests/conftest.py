@@ -31,7 +31,8 @@ def tiny_bundle_dir(tmp_path_factory) -> Path:
     import train
 
     out = tmp_path_factory.mktemp("tiny-model")
-    assert train.main(["--dry-run", "--out", str(out), "--workers", "1"]) == 0
+    data = tmp_path_factory.mktemp("tiny-data")  # kept: tests rebuild the model's split from it
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1", "--data-root", str(data)]) == 0
     return out
 
 

@@ -36,30 +36,34 @@ def test_tumours_read_as_no_tumour_are_called_out(tiny_bundle_dir, tmp_path, mon
     assert "2 of 10" in missed and "1 of them at or above the 60%" in missed and "given a tumour class: 1 of 3" in missed
 
 
-def test_shipped_metrics_render_for_both_testing_sets(app_env):
+def test_held_out_parts_render_per_source(app_env):
     metrics = json.loads((app_env.weights / "metrics.json").read_text())
     at = metrics_page()
     overview = at.dataframe[0].value
-    assert list(overview["set"])[:2] == ["Testing — full split", "Testing — leakage-free"]
-    assert overview["images"].tolist()[0] == metrics["sets"]["testing_full"]["n"]
-    text = all_text(at)
-    full = metrics["sets"]["testing_full"]
-    assert f"{full['accuracy']:.1%}" in text and "95% CI" in text
-    assert len(at.get("plotly_chart")) == 3  # confusion matrix, ROC, reliability (first tab)
-    assert "precision" in at.dataframe[1].value.columns  # per-class table
-    at.toggle(key="testing_full_cm_norm").set_value(True).run()
-    assert not at.exception
-    at.session_state["metrics_tab"] = "Testing — leakage-free"
+    held = [k for k, m in metrics["sets"].items() if m.get("part") == "test"]
+    assert list(overview["set"]) == [metrics["sets"][k]["title"] for k in held]
+    assert overview["images"].tolist() == [metrics["sets"][k]["n"] for k in held]
+    assert {"tumour sensitivity", "specificity", "confident misses", "pointing game"} <= set(overview.columns)
+    vol = overview.set_index("set").loc["Synthetic volumes held-out"]
+    assert vol["pointing game"] == pytest.approx(metrics["sets"]["volumes_test"]["pointing_game"]["rate"])
+    at.session_state["metrics_tab"] = "Set details"
     at.run()
-    assert len(at.get("plotly_chart")) == 3
-    assert metrics["sets"]["testing_leak_free"]["definition"][:40] in all_text(at)
+    first = metrics["sets"][held[0]]
+    text = all_text(at)
+    assert f"{first['accuracy']:.1%}" in text and "95% CI" in text and "Tumour sensitivity" in text
+    assert len(at.get("plotly_chart")) == 3  # confusion matrix, ROC, reliability
+    at.toggle(key=f"{held[0]}_cm_norm").set_value(True).run()
+    assert not at.exception
+    at.selectbox(key="set_pick").set_value("volumes_test").run()
+    assert "pointing game" in all_text(at).lower() and not at.exception
 
 
 @pytest.mark.parametrize("tab,expect", [
-    ("Data audit", "Testing images also in Training"),
+    ("Data audit", "Test images also in training"),
     ("Model card", "Training command"),
-    ("Validation", "Macro-F1"),
+    ("By source", "Validation parts"),
     ("Misclassified", "misclassified"),
+    ("Targets", "pointing game"),
 ])
 def test_other_tabs_render(app_env, tab, expect):
     at = metrics_page(tab)
@@ -72,7 +76,7 @@ def test_model_card_shows_command_fingerprint_and_intended_use(app_env):
     at = metrics_page("Model card")
     text = all_text(at)
     assert card["training"]["command"] in text
-    assert card["training"]["data_fingerprint"]["Testing"] in text
+    assert card["training"]["data_fingerprint"]["synthetic/test"] in text
     assert "not for diagnosis" in text.lower()
     assert card["architecture"]["name"] in text
 

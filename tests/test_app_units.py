@@ -65,7 +65,7 @@ def test_streamlit_server_config_is_deliberate():
 def test_chart_builders_return_figures(tiny_bundle_dir):
     from ui import charts
 
-    m = json.loads((tiny_bundle_dir / "metrics.json").read_text())["sets"]["testing_full"]
+    m = json.loads((tiny_bundle_dir / "metrics.json").read_text())["sets"]["synthetic_test"]
     names = list(CLASSES)
     fig = charts.confusion_matrix_fig(m["confusion_matrix"], names, normalise=True)
     z = np.asarray(fig.data[0].z)

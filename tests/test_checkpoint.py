@@ -90,7 +90,7 @@ def test_card_carries_the_contract(tiny_bundle_dir):
         assert key in card, key
     assert "not for diagnosis" in card["intended_use"]
     tr = card["training"]
-    assert tr["seed"] == 42 and "--dry-run" in tr["command"] and len(tr["data_fingerprint"]["Training"]) == 64
+    assert tr["seed"] == 42 and "--dry-run" in tr["command"] and len(tr["data_fingerprint"]["synthetic/train"]) == 64
     assert card["calibration"]["temperature"] > 0
 
 

@@ -10,12 +10,20 @@ def test_readme_model_and_bench_blocks_match_the_shipped_files():
     assert readme_sections.main(["--check"]) == 0
 
 
-def test_rendered_block_reports_every_target_and_the_commands():
+def test_rendered_block_reports_every_target_per_source_and_the_commands():
+    import json
+
+    from core.targets import TARGETS
+
     text = readme_sections.render_model_results()
-    for target, *_ in readme_sections.TARGETS:
-        assert target in text
+    for target in TARGETS:
+        assert target.text in text
     assert "python train.py" in text and "--seed" in text
-    assert "| Testing, full |" in text and "| Testing, leakage-free subset¹ |" in text
+    metrics = json.loads((readme_sections.WEIGHTS / "metrics.json").read_text())
+    for m in metrics["sets"].values():  # one row per held-out part, titled as on the metrics page
+        if m.get("part") == "test":
+            assert f"| {m['title']} | {m['n']} |" in text
+    assert "`other_lesion`" in text and "By MRI sequence" in text
 
 
 def test_shift_report_is_for_the_shipped_model():
@@ -49,8 +57,7 @@ def test_make_reproduce_weights_runs_the_cards_commands():
     card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
     recorded, _ = readme_sections._commands(card["training"])
     make = (readme_sections.REPO / "Makefile").read_text().split("reproduce-weights:", 1)[1].split("\n\n", 1)[0]
-    steps = [line.strip().replace("$(PY)", "python").replace("$(DATA)", "../shared/data/brain-tumor-mri")
-             for line in make.splitlines()[1:] if line.startswith("\t")]
+    steps = [line.strip().replace("$(PY)", "python") for line in make.splitlines()[1:] if line.startswith("\t")]
     # A default that changed after a step ran is pinned in the Makefile to what that step used (the step's
     # recorded command is how it was typed, so it does not name the flag).
     pinned = {"--head-search": "otsu"}

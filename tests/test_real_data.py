@@ -32,7 +32,11 @@ def test_shipped_weights_accuracy_on_a_testing_sample(shipped_predictor):
         preds += shipped_predictor.predict_preprocessed(items[i:i + 48])
     acc = np.mean([p.index == lab for p, (_, lab) in zip(preds, sample)])
     flagged = np.mean([p.ood for p in preds])
-    assert acc >= 0.97, f"accuracy {acc:.3f} on 240 Testing slices"
+    # The sample must agree with the full Testing accuracy that train.py recorded, within three binomial
+    # standard errors of 240 slices: a model or preprocessing that no longer matches its card fails here.
+    recorded = json.loads((require_shipped_weights() / "metrics.json").read_text())["sets"]["kaggle_test"]["accuracy"]
+    floor = recorded - 3 * np.sqrt(recorded * (1 - recorded) / len(sample))
+    assert acc >= floor, f"accuracy {acc:.3f} on 240 Testing slices; the card's full-Testing {recorded:.3f} allows {floor:.3f}"
     assert flagged <= 0.05, f"{flagged:.1%} of real MRI slices flagged as outside intended use"
 
 
@@ -50,6 +54,10 @@ def test_shipped_card_is_complete_and_honest():
     card = json.loads((w / "model_card.json").read_text())
     metrics = json.loads((w / "metrics.json").read_text())
     assert card["weights"]["bytes"] <= 50 * 2**20
-    assert card["metrics"]["testing_full"]["accuracy"] == metrics["sets"]["testing_full"]["accuracy"]
-    assert card["metrics"]["testing_full"]["n"] == 1311
+    assert card["metrics"]["kaggle_test"]["accuracy"] == metrics["sets"]["kaggle_test"]["accuracy"]
+    assert card["metrics"]["kaggle_test"]["n"] == 1311
+    # every declared source has a held-out part with its tumour / no-tumour figures
+    for source in card["data"]["spec"]["sources"]:
+        held = metrics["sets"][f"{source['name']}_test"]
+        assert held["part"] == "test" and held["n"] > 0 and held["detection"] is not None
     assert "--seed" in card["training"]["command"] or card["training"]["seed"] == 42

@@ -56,3 +56,22 @@ def test_cli_writes_a_report_and_refuses_unknown_shifts(labelled, tiny_bundle_di
     assert shift_eval.main(args + ["--shifts", "sharpen"]) == 2
     assert shift_eval.main(args[:2] + ["--data", str(tmp_path / "missing")]) == 2
     assert shift_eval.main(args[:-2] + ["--device", "gpu0"]) == 2
+
+
+def test_clahe_row_and_a_per_sequence_breakdown_on_a_sources_held_out_part(tiny_bundle_dir, tmp_path, rng):
+    import cv2
+
+    x = fake_scan(rng, 120, 0).astype(np.float32) / 255
+    clahe = shift_eval.SHIFTS["clahe"][1](x, rng)
+    assert clahe.dtype == np.uint8 and not np.array_equal(clahe, shift_eval.SHIFTS["none"][1](x, rng))
+    np.testing.assert_array_equal(clahe, cv2.createCLAHE(2.0, (8, 8)).apply(shift_eval.SHIFTS["none"][1](x, rng)))
+    # --source: the held-out part of the model's own split (rebuilt from its card), with the sequence recorded
+    out = tmp_path / "seq.json"
+    assert shift_eval.main(["--weights", str(tiny_bundle_dir), "--source", "synthetic", "--out", str(out),
+                            "--shifts", "none,clahe", "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    card = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    assert report["shifts"]["none"]["n"] == card["data"]["parts"]["synthetic/test"]
+    assert "tumour_sensitivity" in report["shifts"]["clahe"] and "by_sequence" in report["shifts"]["clahe"]
+    # a volume source has no files to change
+    assert shift_eval.main(["--weights", str(tiny_bundle_dir), "--source", "volumes", "--out", str(out)]) == 2

@@ -21,12 +21,13 @@ def test_dry_run_cli_writes_weights_card_and_metrics(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model_card.json", "metrics.json", "data_audit.json"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["sets"]) == {"testing_full", "testing_leak_free", "validation"}
-    full = metrics["sets"]["testing_full"]
+    assert set(metrics["sets"]) == {"synthetic_test", "synthetic_test_leak_free", "volumes_test", "validation",
+                                    "synthetic_val", "volumes_val"}
+    full = metrics["sets"]["synthetic_test"]
     for key in ("confusion_matrix", "per_class", "accuracy_ci95", "macro_f1_ci95", "roc_auc", "ece", "misclassified"):
         assert key in full
     assert np.array(full["confusion_matrix"]).sum() == full["n"]
-    assert "auroc_testing_vs_non_mri" in metrics["ood"]
+    assert "auroc_heldout_vs_non_mri" in metrics["ood"]
 
 
 def test_help_shows_defaults():
@@ -126,7 +127,7 @@ def test_class_count_comes_from_folder_names(tmp_path, rng):
     card = json.loads((out / "model_card.json").read_text())
     assert card["class_names"] == sorted(names) and card["architecture"]["num_classes"] == 6
     metrics = json.loads((out / "metrics.json").read_text())
-    assert np.array(metrics["sets"]["testing_full"]["confusion_matrix"]).shape == (6, 6)
+    assert np.array(metrics["sets"]["tree_test"]["confusion_matrix"]).shape == (6, 6)
 
 
 def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundle_dir):
@@ -191,6 +192,16 @@ def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weigh
     assert tr["epochs_run"] == 0 and tr["history"] == [] and tr["best_weights"] == "parent"
     assert tr["init_from"]["sha256"] == parent["weights"]["sha256"] and tr["hyperparameters"]["tta"] == "hflip"
     assert tr["hyperparameters"]["gamma_range"] == parent["training"]["hyperparameters"]["gamma_range"]
+    # A re-fit still says how its weights were chosen (the parent's kept epoch and selection score), and the
+    # experiments report compares it with other candidates on that score.
+    ptr = parent["training"]
+    kept = ptr["history"][ptr["best_epoch"] - 1]
+    score = kept["ema_score" if ptr["best_weights"] == "ema" else "score"]
+    assert tr["init_from"]["selection_score"] == score and tr["init_from"]["best_epoch"] == ptr["best_epoch"]
+    from tools.experiments import candidates
+
+    rows = candidates(out, [tiny_bundle_dir])["rows"]
+    assert rows[0]["cells"][0] == rows[1]["cells"][0] == f"**{score:.4f}**"
     # Validation scoring and calibration see the logits the predictor serves under the same TTA.
     import torch
 
@@ -204,7 +215,7 @@ def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weigh
     fitted, _ = train.predict_arrays(bundle.model, images, bundle.spec, torch.device("cpu"), "hflip")
     assert np.allclose(served, fitted, atol=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"testing_full", "testing_leak_free", "validation"} <= set(metrics["sets"])
+    assert {"synthetic_test", "volumes_test", "validation"} <= set(metrics["sets"])
     # Nothing to re-fit without a parent; a negative epoch count is refused too.
     assert train.main(["--dry-run", "--out", str(tmp_path / "x"), "--workers", "1", "--epochs", "0"]) == 2
     assert train.main(["--dry-run", "--out", str(tmp_path / "y"), "--workers", "1", "--epochs", "-1",
@@ -281,3 +292,24 @@ def test_weight_averaging_keeps_the_weights_that_scored_best_on_validation():
     kept = train.validation_scores(model, torch.from_numpy(images[64:]), labels[64:], spec, torch.device("cpu"))
     assert kept["val_loss"] == pytest.approx(best[prefix + "val_loss"], rel=1e-5)
     assert best["ema_val_loss"] != pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_evaluate_held_out_repeats_the_per_source_evaluation(tiny_bundle_dir, tmp_path):
+    out = tmp_path / "held.json"
+    assert evaluate_main(["--held-out", "--weights", str(tiny_bundle_dir), "--out", str(out), "--device", "cpu"]) == 0
+    again = json.loads(out.read_text())["sets"]
+    shipped = json.loads((tiny_bundle_dir / "metrics.json").read_text())["sets"]
+    assert {k for k, m in shipped.items() if m.get("part") == "test"} == set(again)
+    for key, m in again.items():
+        assert m["n"] == shipped[key]["n"] and m["accuracy"] == pytest.approx(shipped[key]["accuracy"])
+    # a model without a recorded data spec, or neither / both of FOLDER and --held-out: a clear error
+    with pytest.raises(SystemExit):
+        evaluate_main(["--weights", str(tiny_bundle_dir)])
+    card = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle_dir, old)
+    del card["data"]
+    (old / "model_card.json").write_text(json.dumps(card))
+    assert evaluate_main(["--held-out", "--weights", str(old)]) == 2

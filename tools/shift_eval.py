@@ -6,6 +6,8 @@ controlled way at a time and re-runs the serving path (decode -> preprocess -> p
 
     python -m tools.shift_eval                       # Testing split, writes reports/shift_eval.json
     python -m tools.shift_eval --data ROOT --limit 200
+    python -m tools.shift_eval --source feltrin --out reports/shift_eval_feltrin.json
+                                                     # a source's held-out part, with a per-sequence breakdown
 
 Each shift is a plausible difference between sites, not a training augmentation to tune: the
 figures are a report, and models are selected on the validation split, never on them. (One design
@@ -73,6 +75,11 @@ def _wider_field_of_view(x: Image01) -> np.ndarray:
     return _u8(canvas)
 
 
+def _clahe(x: Image01) -> np.ndarray:
+    """Local contrast enhancement as archives and viewers apply it (CLAHE, clip limit 2, 8x8 tiles)."""
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(_u8(x))
+
+
 def _rotate(x: Image01, degrees: float) -> np.ndarray:
     h, w = x.shape
     m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
@@ -88,6 +95,7 @@ SHIFTS: dict[str, tuple[str, Shift]] = {
     "gamma_2.2": ("much darker mid-tones (gamma 2.2)", lambda x, r: _u8(x ** 2.2)),
     "low_contrast": ("contrast halved around mid-grey, dark background lifted", lambda x, r: _u8(0.25 + 0.5 * x)),
     "bias_field": ("smooth intensity ramp 0.7-1.3 (coil inhomogeneity)", _bias_field),
+    "clahe": ("local contrast enhancement (CLAHE, clip 2, 8x8 tiles)", lambda x, r: _clahe(x)),
     "noise": ("Gaussian noise, sigma 0.04", lambda x, r: _u8(x + r.normal(0, 0.04, x.shape))),
     "blur": ("Gaussian blur, sigma 1.5 px", lambda x, r: _u8(cv2.GaussianBlur(x, (0, 0), 1.5))),
     "rotate_20": ("rotated 20 degrees (beyond the +-15 of augmentation)", lambda x, r: _rotate(x, 20)),
@@ -99,45 +107,62 @@ SHIFTS: dict[str, tuple[str, Shift]] = {
 
 
 def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, seed: int = 0,
-                    batch_size: int = 64) -> dict:
-    """Accuracy, macro-F1 and the outside-intended-use rate of ``predictor`` on ``root/<class>/*`` per shift.
+                    batch_size: int = 64, files: list[tuple[str, int]] | None = None,
+                    sequences: dict[str, str] | None = None) -> dict:
+    """Accuracy, macro-F1, tumour sensitivity/specificity and the outside-intended-use rate of ``predictor``
+    on ``root/<class>/*`` (or on ``files``, (relative path, label) pairs) per shift.
 
     Every image is decoded once with the serving decoder; each shift then produces an array or
     encoded bytes that go through the serving preprocessing and predictor, like an upload would.
     ``limit`` takes that many images evenly spaced over the class-sorted list, so every class is sampled in
-    proportion (0: all).
+    proportion (0: all). ``sequences`` (relative path -> MRI sequence) adds a ``by_sequence`` breakdown.
     """
+    from core.data_spec import SEQUENCE_FAMILIES
     from core.dataset import list_labelled_files
     from core.errors import ImageLoadError
     from core.image_io import decode_image
+    from core.metrics import no_finding_classes
     from core.preprocess import preprocess
 
     names = predictor.class_names
-    files = list_labelled_files(root, names)
+    files = list_labelled_files(root, names) if files is None else files
     if limit and limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     rng = np.random.default_rng(seed)
     labels = {s: [] for s in shifts}
     preds = {s: [] for s in shifts}
     flags = {s: [] for s in shifts}
+    fams = {s: [] for s in shifts}
     pending = {s: [] for s in shifts}
     errors: dict[str, int] = {s: 0 for s in shifts}
+    negative = [names.index(n) for n in no_finding_classes(names)]
 
     def flush(s: str) -> None:
-        for (lab, pre), pr in zip(pending[s], predictor.predict_preprocessed([p for _, p in pending[s]])):
+        for (lab, fam, pre), pr in zip(pending[s], predictor.predict_preprocessed([p for *_, p in pending[s]])):
             labels[s].append(lab)
+            fams[s].append(fam)
             preds[s].append(pr.index)
             flags[s].append(pr.ood)
         pending[s].clear()
+
+    def figures(y: np.ndarray, p: np.ndarray, f: np.ndarray) -> dict:
+        out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, p)) if len(y) else None}
+        if negative:
+            tumour, called = ~np.isin(y, negative), ~np.isin(p, negative)
+            out["tumour_sensitivity"] = float(called[tumour].mean()) if tumour.any() else None
+            out["specificity"] = float((~called[~tumour]).mean()) if (~tumour).any() else None
+        out["ood_flagged_rate"] = float(f.mean()) if len(f) else None
+        return out
 
     for rel, lab in tqdm(files, desc="shift evaluation"):
         try:
             base = decode_image(root / rel).pixels
         except ImageLoadError:
             continue  # unreadable in the original: not a shift's fault
+        fam = SEQUENCE_FAMILIES.get((sequences or {}).get(rel, ""), "unknown")
         for s in shifts:
             try:
-                pending[s].append((lab, preprocess(SHIFTS[s][1](base, rng), predictor.spec)))
+                pending[s].append((lab, fam, preprocess(SHIFTS[s][1](base, rng), predictor.spec)))
             except ImageLoadError:
                 errors[s] += 1
             if len(pending[s]) >= batch_size:
@@ -145,12 +170,32 @@ def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, se
     out = {}
     for s in shifts:
         flush(s)
-        y, p = np.array(labels[s]), np.array(preds[s])
-        out[s] = {"description": SHIFTS[s][0], "n": int(len(y)), "unreadable": errors[s],
-                  "accuracy": float(accuracy_score(y, p)),
-                  "macro_f1": float(f1_score(y, p, average="macro", labels=list(range(len(names))))),
-                  "ood_flagged_rate": float(np.mean(flags[s]))}
+        y, p, f, fam = np.array(labels[s]), np.array(preds[s]), np.array(flags[s], bool), np.array(fams[s])
+        out[s] = {"description": SHIFTS[s][0], **figures(y, p, f), "unreadable": errors[s],
+                  "macro_f1": float(f1_score(y, p, average="macro", labels=sorted(set(y.tolist())),
+                                             zero_division=0))}
+        if sequences:
+            out[s]["by_sequence"] = {q: figures(y[fam == q], p[fam == q], f[fam == q])
+                                     for q in sorted(set(fam.tolist())) if q != "unknown"}
     return out
+
+
+def _source_files(bundle, source: str, part: str, data_root: str | None) -> tuple[Path, list, dict]:
+    """The files of one folder source's part of the model's split (verified against its card)."""
+    from core.sources import source_root
+    from core.splits import split_of_model
+
+    data, root, split = split_of_model(bundle.card, data_root)
+    spec = data.source(source)
+    if spec.kind != "folder_tree":
+        raise ValueError(f"source {source!r} is a volume source; the stress test reads image files")
+    idx = split.select(part, source)
+    fixed = {bool(split.fixed_test[i]) for i in idx}
+    if len(fixed) != 1:
+        raise ValueError(f"no {part} part for source {source!r}")
+    recs = [split.records[i] for i in idx]
+    return (source_root(spec, root, fixed.pop()), [(r.path, r.label) for r in recs],
+            {r.path: r.sequence for r in recs})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=str(REPO / "weights"), help="model folder")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="labelled folder ROOT/<class>/<images>")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path")
+    p.add_argument("--source", default=None,
+                   help="instead of --data: this source's held-out part of the model's split (from the data spec "
+                        "in its card), with a per-sequence breakdown where the sequence is known")
+    p.add_argument("--part", default="test", choices=("test", "val"), help="with --source: which part")
+    p.add_argument("--data-root", default=None, help="with --source: folder of the data spec's sources "
+                                                     "(default: the one recorded in the card)")
     p.add_argument("--shifts", default=",".join(SHIFTS), help="comma-separated shifts")
     p.add_argument("--limit", type=int, default=0, help="evaluate an evenly spaced sample of this many images (0: all)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
@@ -175,19 +226,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown shift(s) {unknown}; choose from {list(SHIFTS)}", file=sys.stderr)
         return 2
     data = Path(args.data)
-    if not data.is_dir():
+    if args.source is None and not data.is_dir():
         print(f"error: data folder not found: {data}", file=sys.stderr)
         return 2
     try:
         bundle = load_bundle(args.weights)
         predictor = Predictor(bundle, select_device(args.device))
-    except (CheckpointError, ValueError) as exc:  # as core.batch: a bad model folder or device is a clear error
+        files = sequences = None
+        if args.source:
+            data, files, sequences = _source_files(bundle, args.source, args.part, args.data_root)
+    except (CheckpointError, ValueError, KeyError) as exc:  # a bad model folder, device or source: a message
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.time()
-    results = evaluate_shifts(predictor, data, shifts, args.limit, args.seed)
+    results = evaluate_shifts(predictor, data, shifts, args.limit, args.seed, files=files, sequences=sequences)
     report = {"model": bundle.identity,
-              "data": str(data), "limit": args.limit, "seed": args.seed, "precision": predictor.precision,
+              "data": str(data) if not args.source else f"{args.source} {args.part} part ({data})",
+              "limit": args.limit, "seed": args.seed, "precision": predictor.precision,
               "seconds": round(time.time() - t0, 1), "shifts": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

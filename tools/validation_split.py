@@ -1,36 +1,39 @@
 """Rebuild a model's validation files (the slices it was selected on) as a folder tree, checked against its card.
 
-train.py carves validation out of Training with a seeded, duplicate-aware split and records a fingerprint of
-the files in the card (``training.validation_fingerprint``). This command repeats that split and writes
-symbolic links OUT/<class>/<file>, so any labelled-folder tool can run on exactly those slices, for example
-the stress test when comparing candidate models without touching Testing:
+train.py carves validation parts out of every declared source with a seeded, duplicate- and case-aware split
+and records fingerprints of every part in the card. This command rebuilds that split from the data spec in
+the card, verifies it, and writes symbolic links OUT/<class>/<file> to the validation images (files of a
+source whose folders are not named as classes go under OUT/<class>/<source>/), so any labelled-folder tool
+can run on exactly those slices, for example the stress test when comparing candidate models without
+touching a test part:
 
     python -m tools.validation_split --out runs/validation
     python -m tools.shift_eval --data runs/validation --out runs/shift_eval_validation.json
 
-It refuses when the rebuilt split does not match the fingerprint (other data, or a card from before the
-fingerprint existed).
+Volume slices have no file to link to and are left out (the command says how many). It refuses when the
+rebuilt split does not match the card's fingerprints (other data, or a card from before they existed).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    import train
     from core.checkpoint import load_bundle
-    from core.dataset import class_names_of, fingerprint
+    from core.dataset import fingerprint
     from core.errors import CheckpointError
+    from core.sources import source_root
+    from core.splits import split_of_model
+    from train import trainable
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default=str(REPO / "weights"), help="model folder")
-    p.add_argument("--data-root", default=str(train.DEFAULT_DATA), help="folder with the train/test split folders")
+    p.add_argument("--data-root", default=None, help="folder of the data spec's sources (default: the card's)")
     p.add_argument("--out", required=True, help="folder to create the tree in (must not exist yet)")
     p.add_argument("--cache-dir", default=".cache", help="train.py's cache of preprocessed images")
     p.add_argument("--workers", type=int, default=2, help="processes decoding images for the cache")
@@ -47,37 +50,35 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this model card has no training.validation_fingerprint (cards written before train.py "
               "recorded it), so its validation files cannot be verified", file=sys.stderr)
         return 2
-    out, root = Path(args.out), Path(args.data_root)
+    out = Path(args.out)
     if out.exists():
         print(f"error: {out} already exists", file=sys.stderr)
         return 2
-    hp = training.get("hyperparameters", {})
-    split_args = argparse.Namespace(val_fraction=hp.get("val_fraction", 0.15), seed=training.get("seed", 42),
-                                    near_distance=hp.get("near_distance", train.DEFAULT_NEAR_DISTANCE),
-                                    cache_dir=args.cache_dir, workers=args.workers)
-    train_dir, test_dir = training.get("train_dir", "Training"), training.get("test_dir", "Testing")
-    if not (root / train_dir).is_dir():
-        print(f"error: training folder not found: {root / train_dir}", file=sys.stderr)
+    try:
+        data, root, split = split_of_model(bundle.card, args.data_root, args.cache_dir, args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    class_names = class_names_of(root / train_dir)
-    # A continued run splits with its first ancestor's preprocessing (train.py), which the card does not name;
-    # the chain may have started before the steadier head search, so the plain-Otsu crop is tried second.
-    candidates = [bundle.spec, replace(bundle.spec, head_search="otsu", version=2)]
-    for spec in dict.fromkeys(candidates):
-        split = train.split_training(root, train_dir, test_dir, class_names, spec, split_args)
-        val = [split.records[i] for i in split.val_idx]
-        if fingerprint(val) == expected:
-            break
-    else:
+    val = trainable(split, "val", bundle.card.get("data", {}).get("left_out", []))
+    if fingerprint([split.records[i] for i in val]) != expected:
         print(f"error: the split rebuilt from {root} does not match the card's validation fingerprint "
               "(different data, or a different split configuration)", file=sys.stderr)
         return 2
-    for r in val:
-        link = out / r.path
+    linked = skipped = 0
+    for i in val:
+        r = split.records[i]
+        source = data.source(r.source)
+        if source.kind != "folder_tree":
+            skipped += 1
+            continue
+        cls = data.class_names[r.label]
+        rel = Path(r.path) if Path(r.path).parts[0] == cls else Path(cls, r.source, r.path)
+        link = out / rel
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink((root / train_dir / r.path).resolve(), link)
-    print(f"wrote {len(val)} links under {out} (validation files of model {bundle.sha256[:12]}, fingerprint "
-          f"verified)")
+        os.symlink((source_root(source, root) / r.path).resolve(), link)
+        linked += 1
+    print(f"wrote {linked} links under {out} (validation files of model {bundle.sha256[:12]}, fingerprint "
+          f"verified)" + (f"; {skipped} volume slices have no file and were left out" if skipped else ""))
     return 0
 
 

@@ -155,3 +155,24 @@ def per_class_table(per_class: Mapping[str, Mapping[str, float]], class_names: S
         rows.append({"class": c, "precision": m.get("precision"), "recall": m.get("recall"), "f1": m.get("f1"),
                      "support": int(m.get("support", 0) or 0)})
     return pd.DataFrame(rows).set_index("class")
+
+
+def detection_by_source_fig(sets: Mapping[str, Mapping]) -> go.Figure:
+    """Tumour sensitivity and specificity of each held-out set, with their 95 % intervals as error bars."""
+    fig = go.Figure()
+    titles = [str(m.get("title", k)) for k, m in sets.items()]
+    for name, field, colour in (("tumour sensitivity", "sensitivity", PALETTE[0]),
+                                ("specificity", "specificity", PALETTE[2])):
+        values, lo, hi = [], [], []
+        for m in sets.values():
+            d = m.get("detection") or {}
+            key = f"{field}_at_least_min" if field == "sensitivity" and "sensitivity_at_least_min" in d else field
+            v, ci = d.get(key), d.get(f"{key}_ci95") or [None, None]
+            values.append(v)
+            lo.append(None if v is None or ci[0] is None else v - ci[0])
+            hi.append(None if v is None or ci[1] is None else ci[1] - v)
+        fig.add_trace(go.Bar(name=name, x=titles, y=values, marker_color=colour,
+                             error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                             hovertemplate="%{x}<br>" + name + " %{y:.1%}<extra></extra>"))
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    return _layout(fig, 320, barmode="group", legend=dict(orientation="h", y=-0.25))

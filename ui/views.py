@@ -156,7 +156,7 @@ def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description:
     c[1].metric("Accuracy", _fmt(m.get("accuracy"), ".1%"), help=_ci(m.get("accuracy_ci95")) or None)
     c[1].caption(_ci(m.get("accuracy_ci95")))
     c[2].metric("Macro-F1", _fmt(m.get("macro_f1"), ".3f"),
-                help="Unweighted mean of the per-class F1 scores.")
+                help="Unweighted mean of the per-class F1 scores, over the classes this set has.")
     mf = m.get("macro_f1_ci95")
     c[2].caption(f"95% CI {mf[0]:.3f} – {mf[1]:.3f}" if mf and mf[0] is not None else "")
     ece, ece_u = m.get("ece"), m.get("ece_uncalibrated")
@@ -205,18 +205,27 @@ def audit_summary_view(summary: dict, report: dict | None) -> None:
         st.info("No data-audit summary in the metrics file.")
         return
     s = summary or {}
-    cross = s.get("cross_split", {})
-    t_in_tr = cross.get("Testing_in_Training", {})
+    leakage = s.get("leakage") or (report or {}).get("leakage") or {}
+    t_in_tr = (s.get("cross_split") or {}).get("Testing_in_Training", {})
+    held_copies = (sum(v.get("with_copy_in_learnt_parts", 0) for k, v in leakage.items() if k.endswith("/test"))
+                   if leakage else t_in_tr.get("Testing_files_with_exact_or_near_copy_in_Training", 0))
     c = st.columns(4)
     c[0].metric("Exact duplicate files", f"{s.get('exact_duplicate_files', 0):,}",
                 help=f"{s.get('exact_duplicate_groups', 0)} groups of byte-identical images")
     c[1].metric("Exact or near duplicates", f"{s.get('duplicate_files_exact_or_near', 0):,}",
                 help=f"{s.get('duplicate_groups_exact_or_near', 0)} groups; near = perceptual hash within "
                      f"{s.get('near_duplicate_max_hamming_bits', '?')} bits")
-    c[2].metric("Testing images also in Training", f"{t_in_tr.get('Testing_files_with_exact_or_near_copy_in_Training', 0):,}",
-                help=f"exact copies: {t_in_tr.get('Testing_files_with_exact_copy_in_Training', 0)}")
+    c[2].metric("Test images also in training", f"{held_copies:,}",
+                help="Held-out images with an exact or near copy in a part the model learnt from. Zero by "
+                     "construction except in a published test split (Kaggle Testing), whose leakage-free subset "
+                     "leaves them out.")
     c[3].metric("Label conflicts", f"{s.get('label_conflict_groups', 0):,}",
                 help="Groups of duplicate images filed under different classes")
+    if leakage:
+        st.markdown("**Held-out parts and copies of training images** (grouped by near-duplicate cluster and by "
+                    "case: a patient or subject is wholly in one part)")
+        st.dataframe(pd.DataFrame([{"part": k, **v} for k, v in leakage.items()]), hide_index=True,
+                     key="audit_leakage")
     if report and report.get("splits"):
         rows = []
         for split, info in report["splits"].items():
@@ -261,3 +270,156 @@ def model_card_view(card: dict) -> None:
         st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))
     with st.expander("Full model card (JSON)"):
         st.json(card, expanded=1)
+
+
+# -- per-source figures ------------------------------------------------------------------------
+def held_out_sets(metrics: dict) -> dict[str, dict]:
+    """The held-out (test) sets of a metrics file, in file order; older single-tree files: Testing."""
+    sets = metrics.get("sets", {}) or {}
+    held = {k: m for k, m in sets.items() if m.get("part") == "test"}
+    if held:
+        return held
+    legacy = {"testing_full": "Testing — full split", "testing_leak_free": "Testing — leakage-free"}
+    return {k: dict(sets[k], title=t) for k, t in legacy.items() if k in sets}
+
+
+def validation_sets(metrics: dict) -> dict[str, dict]:
+    sets = metrics.get("sets", {}) or {}
+    return {k: (m if m.get("title") else dict(m, title="Validation")) for k, m in sets.items()
+            if m.get("part") == "val" or k == "validation"}
+
+
+def _rate(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def sources_frame(sets: dict[str, dict]) -> pd.DataFrame:
+    """One row per set: images, accuracy, macro-F1, tumour sensitivity/specificity with 95% intervals,
+    confident misses, other lesions called "no tumour", ECE and the pointing game."""
+    rows = []
+    for m in sets.values():
+        d = m.get("detection") or {}
+        other = m.get("other_lesion_called_no_tumour") or {}
+        pg = m.get("pointing_game") or {}
+        rows.append({
+            "set": m.get("title", "?"), "images": m.get("n"), "accuracy": _rate(m.get("accuracy")),
+            "macro-F1": _rate(m.get("macro_f1")),
+            "tumour sensitivity": _rate(d.get("sensitivity_at_least_min", d.get("sensitivity"))),
+            "sensitivity 95% CI": _ci(d.get("sensitivity_at_least_min_ci95", d.get("sensitivity_ci95"))).replace(
+                "95% CI ", ""),
+            "specificity": _rate(d.get("specificity")),
+            "specificity 95% CI": _ci(d.get("specificity_ci95")).replace("95% CI ", ""),
+            "confident misses": (f"{d['confident_misses']} of {d['n_tumour']}" if d.get("n_tumour") else "–")
+            if d else "–",
+            "other lesions → no tumour": f"{other['count']} of {other['n']}" if other else "–",
+            "ECE": _rate(m.get("ece")),
+            "pointing game": _rate(pg.get("rate")),
+        })
+    return pd.DataFrame(rows)
+
+
+SOURCES_COLUMNS = {
+    "accuracy": st.column_config.NumberColumn(format="percent"),
+    "macro-F1": st.column_config.NumberColumn(format="%.3f"),
+    "tumour sensitivity": st.column_config.NumberColumn(
+        format="%.3f", help="Tumour or lesion slices given any tumour or lesion class (BraTS: slices with at "
+                            "least 1 cm² of labelled tumour)."),
+    "specificity": st.column_config.NumberColumn(format="%.3f", help="No-tumour slices called no tumour."),
+    "confident misses": st.column_config.TextColumn(
+        help="Tumour slices called no tumour at or above the confidence threshold and not flagged as outside "
+             "intended use: the error a reader would not catch."),
+    "ECE": st.column_config.NumberColumn(format="%.3f"),
+    "pointing game": st.column_config.NumberColumn(
+        format="%.3f", help="Share of tumour slices whose heatmap peak (the CAM method and layer in the model "
+                            "card, chosen on validation patients) falls inside the labelled tumour."),
+}
+
+
+def sequence_frame(sets: dict[str, dict]) -> pd.DataFrame:
+    """Tumour sensitivity and specificity per set and MRI sequence (T1, T1C+, T2/FLAIR), where known."""
+    rows = []
+    for m in sets.values():
+        for seq, d in ((m.get("detection") or {}).get("by_sequence") or {}).items():
+            rows.append({"set": m.get("title", "?"), "sequence": seq, "tumour slices": d.get("n_tumour"),
+                         "tumour sensitivity": _rate(d.get("sensitivity")),
+                         "sensitivity 95% CI": _ci(d.get("sensitivity_ci95")).replace("95% CI ", ""),
+                         "no-tumour slices": d.get("n_no_tumour"), "specificity": _rate(d.get("specificity")),
+                         "confident misses": d.get("confident_misses")})
+    return pd.DataFrame(rows)
+
+
+def detection_view(m: dict, key: str) -> None:
+    """Tumour present vs absent for one set: sensitivity, specificity, per sequence, pointing game."""
+    d = m.get("detection")
+    if not d:
+        return
+    c = st.columns(4)
+    if d.get("sensitivity") is not None:
+        c[0].metric("Tumour sensitivity", f"{d['sensitivity']:.1%}", help=_ci(d.get("sensitivity_ci95")) or None)
+        c[0].caption(f"{d['n_tumour']:,} tumour slices · {_ci(d.get('sensitivity_ci95'))}")
+    if d.get("sensitivity_at_least_min") is not None:
+        c[1].metric(f"… with ≥ {d['min_tumour_mm2'] / 100:g} cm² of tumour", f"{d['sensitivity_at_least_min']:.1%}")
+        c[1].caption(f"{d['n_tumour_at_least_min']:,} slices · {_ci(d.get('sensitivity_at_least_min_ci95'))}")
+    if d.get("specificity") is not None:
+        c[2].metric("Specificity", f"{d['specificity']:.1%}")
+        c[2].caption(f"{d['n_no_tumour']:,} no-tumour slices · {_ci(d.get('specificity_ci95'))}")
+    if d.get("n_tumour"):
+        c[3].metric("Confident misses", f"{d['confident_misses']}",
+                    help=f"Tumour slices called no tumour with at least {d.get('confident_at', 0.6):.0%} "
+                         "confidence and not flagged as outside intended use.")
+    core = d.get("core")
+    if core and core.get("sensitivity") is not None:
+        per = ", ".join(f"{q} {v['sensitivity']:.1%} of {v['n_tumour']}" for q, v in core.get("by_sequence", {}).items()
+                        if v.get("sensitivity") is not None)
+        st.markdown(f"**Judged by the tumour core** (labels {', '.join(map(str, core['labels']))}: no oedema; at least "
+                    f"{core['min_mm2'] / 100:g} cm²): sensitivity {core['sensitivity']:.1%} of {core['n_tumour']} slices "
+                    f"({_ci(core.get('sensitivity_ci95'))}); {per}. Oedema alone shows little on T1c.")
+    other = m.get("other_lesion_called_no_tumour")
+    if other:
+        st.markdown(f"**Other lesions called \"no tumour\":** {other['count']} of {other['n']} "
+                    f"({other['rate']:.1%}, {_ci(other.get('rate_ci95'))}).")
+    pg = m.get("pointing_game")
+    if pg:
+        st.markdown(f"**Heatmap pointing game:** {pg['hits']} of {pg['n']} ({pg['rate']:.1%}): {pg['definition']}.")
+    seq = sequence_frame({key: m})
+    if len(seq):
+        st.dataframe(seq.drop(columns=["set"]), hide_index=True, width="stretch", key=f"{key}_by_sequence",
+                     column_config={"tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
+                                    "specificity": st.column_config.NumberColumn(format="%.3f")})
+    per_class = m.get("per_class_by_sequence") or {}
+    if per_class:
+        st.markdown("**Per class and sequence** (precision / recall)")
+        rows = [{"sequence": fam, "class": c, "precision": v["precision"], "recall": v["recall"],
+                 "support": v["support"]} for fam, classes in per_class.items() for c, v in classes.items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"{key}_class_sequence",
+                     column_config={"precision": st.column_config.NumberColumn(format="%.3f"),
+                                    "recall": st.column_config.NumberColumn(format="%.3f")})
+
+
+def targets_view(rows: list[dict]) -> None:
+    """The acceptance targets (``core.targets``) with measured figures and met / not met."""
+    df = pd.DataFrame([{"group": r["group"], "target": r["target"], "measured": r["shown"],
+                        "met": "–" if r["met"] is None else ("yes" if r["met"] else "NO")} for r in rows])
+    st.dataframe(df, hide_index=True, width="stretch", key="targets")
+
+
+def set_folder(m: dict, key: str, card: dict, candidates: Sequence[Path]) -> Path | None:
+    """The folder a held-out set's file names are relative to, if its images are on this machine (None for
+    volume slices, or when no candidate data root holds them)."""
+    from core.data_spec import DataSpec, DataSpecError
+
+    listed = [r["file"] for r in m.get("misclassified", [])[:20]]
+    folders: list[Path] = []
+    spec = (card.get("data") or {}).get("spec")
+    if spec and m.get("source"):
+        try:
+            source = DataSpec.from_dict(spec).source(m["source"])
+        except (DataSpecError, KeyError):
+            return None
+        if source.kind != "folder_tree":
+            return None
+        rel = source.test_root if key.startswith(f"{source.name}_test") and source.test_root else source.root
+        folders = [base / rel for c in candidates for base in (c, c.parent)]
+    else:  # single-tree metrics written before multi-source training
+        folders = [c / "Testing" for c in candidates]
+    return next((f for f in folders if f.is_dir() and any((f / x).is_file() for x in listed)), None)

@@ -313,3 +313,25 @@ def test_evaluate_held_out_repeats_the_per_source_evaluation(tiny_bundle_dir, tm
     del card["data"]
     (old / "model_card.json").write_text(json.dumps(card))
     assert evaluate_main(["--held-out", "--weights", str(old)]) == 2
+
+
+def test_leave_one_source_out_is_reported_against_the_shipped_model(tmp_path, tiny_bundle_dir):
+    """`--leave-out` trains without a source (nor selects on it) but still evaluates its held-out part, and
+    tools.experiments puts that figure beside the model that trained on it."""
+    import train
+    from tools.experiments import leave_one_out
+
+    parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    out = tmp_path / "loso"
+    assert train.main(["--dry-run", "--out", str(out), "--workers", "1", "--data-root", parent["data"]["root"],
+                       "--leave-out", "volumes"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["data"]["left_out"] == ["volumes"] and card["data"]["spec_sha256"] == parent["data"]["spec_sha256"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "volumes_test" in metrics["sets"] and "volumes_val" not in metrics["sets"]  # never selected on
+    report = leave_one_out(tiny_bundle_dir, out)
+    never, shipped = report["rows"]
+    assert "never saw volumes" in never["model"] and shipped["model"].endswith("shipped")
+    assert len(never["cells"]) == len(report["columns"]) == len(shipped["cells"])
+    with pytest.raises(ValueError, match="exactly one --leave-out"):
+        leave_one_out(tiny_bundle_dir, tiny_bundle_dir)

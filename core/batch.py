@@ -43,21 +43,23 @@ def csv_columns(class_names: list[str]) -> list[str]:
                "file_sha256", "warnings", "error"])
 
 
-def truth_from_path(rel: str, class_names: list[str]) -> str | None:
-    """Ground truth when the file sits under a folder named after a class (labelled tree)."""
+def truth_from_path(rel: str, class_names: list[str], folder_truth: str | None = None) -> str | None:
+    """Ground truth when the file sits under a folder named after a class (labelled tree): the innermost such
+    folder of ``rel``, else ``folder_truth`` (the class the reviewed folder itself is named after, so reviewing
+    ``Testing/meningioma`` still knows its files are meningiomas)."""
     lowered = {c.lower(): c for c in class_names}
-    for part in Path(rel).parts[:-1]:
+    for part in reversed(Path(rel).parts[:-1]):
         if part.lower() in lowered:
             return lowered[part.lower()]
-    return None
+    return folder_truth
 
 
 def make_row(rel: str, class_names: list[str], pred: Prediction | None = None, error: str = "",
              file_sha256: str = "", cam_method: str = "", peak: tuple[float, float] | None = None,
-             uncertain_below: float = DEFAULT_UNCERTAIN_BELOW) -> dict:
+             uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, folder_truth: str | None = None) -> dict:
     """One result row (all CSV columns present; empty strings where not applicable)."""
     row = dict.fromkeys(csv_columns(class_names), "")
-    truth = truth_from_path(rel, class_names)
+    truth = truth_from_path(rel, class_names, folder_truth)
     row.update(path=rel, file_sha256=file_sha256, error=error, true_label=truth or "")
     if pred is not None:
         row.update(predicted=pred.label, confidence=round(pred.confidence, 6), ood=pred.ood,
@@ -97,6 +99,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
+    # A folder named after a class labels every file in it (resolve: "." or "x/.." have a real name).
+    folder_truth = truth_from_path(f"{root.resolve().name}/file", predictor.class_names)
     names = predictor.class_names
     columns = csv_columns(names)
     out_path = Path(out_csv) if out_csv else None
@@ -142,7 +146,7 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
 
             peaks = [c.peak for c in compute_cams(predictor, items, [p.index for p in preds], cam_method)]
         rows = [make_row(rel, names, pr, file_sha256=sha, cam_method=cam_method or "", peak=pk,
-                         uncertain_below=uncertain_below)
+                         uncertain_below=uncertain_below, folder_truth=folder_truth)
                 for (rel, sha, _), pr, pk in zip(pending, preds, peaks)]
         pending.clear()
         return rows
@@ -161,9 +165,9 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
                 pre = preprocess_decoded(decode_bytes(data, path.name, limits), predictor.spec)
                 pending.append((rel, sha, pre))
             except ImageLoadError as exc:
-                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha))
+                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha, folder_truth=folder_truth))
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
-                ready.append(make_row(rel, names, file_sha256=sha,
+                ready.append(make_row(rel, names, file_sha256=sha, folder_truth=folder_truth,
                                       error=f"{path.name}: unexpected error ({type(exc).__name__}: {exc})"))
             if len(pending) >= chunk_size:
                 ready.extend(flush_pending())

@@ -189,3 +189,15 @@ def test_folder_picker_lists_only_allowed_folders(app_env):
     assert at.text_input(key="batch_folder").value == str(app_env.root / "set")
     at.button(key="batch_start").click().run()
     assert len(at.dataframe(key="batch_table").value) == 5
+
+
+def test_a_folder_named_after_a_class_gives_ground_truth(app_env):
+    """Reviewing set/meningioma (not set) still fills true_label and enables "Wrong only"."""
+    make_labelled_folder(app_env.root / "set", per_class=2)
+    at = batch_page()
+    run_folder(at, "set/meningioma")
+    assert not at.exception
+    table = at.dataframe(key="batch_table").value
+    assert len(table) == 2 and set(table["true_label"]) == {"meningioma"}
+    assert not at.checkbox(key="flt_wrong").disabled
+    assert "Accuracy (labelled rows)" in {m.label for m in at.metric}

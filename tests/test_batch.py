@@ -46,6 +46,24 @@ def test_rows_and_columns(tmp_path, rng, tiny_predictor):
         assert len(r["file_sha256"]) == 64
 
 
+def test_a_folder_named_after_a_class_labels_its_files(tmp_path, rng, tiny_predictor):
+    """Reviewing Testing/meningioma (not Testing) still gives every row its ground truth; a class folder inside
+    the reviewed one wins, and a folder named after no class gives none."""
+    folder = tmp_path / "Testing" / "Meningioma"
+    (folder / "glioma").mkdir(parents=True)  # a mislabelled sub-folder: its own name is the more specific label
+    for i, d in enumerate((folder, folder, folder / "glioma")):
+        Image.fromarray(fake_scan(rng, 128, 1)).save(d / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rows = {r["path"]: r for r in run_batch(tiny_predictor, folder)}
+    assert {p: r["true_label"] for p, r in rows.items()} == {
+        "img0.png": "meningioma", "img1.png": "meningioma", "glioma/img2.png": "glioma", "broken.jpg": "meningioma"}
+    assert all(isinstance(rows[p]["correct"], bool) for p in ("img0.png", "img1.png", "glioma/img2.png"))
+    plain = tmp_path / "scans"
+    plain.mkdir()
+    Image.fromarray(fake_scan(rng, 128, 0)).save(plain / "a.png")
+    assert [r["true_label"] for r in run_batch(tiny_predictor, plain)] == [""]
+
+
 def test_interrupted_run_resumes_without_redoing(tmp_path, rng, tiny_predictor):
     n = _folder(tmp_path / "in", rng)
     out = tmp_path / "r.csv"

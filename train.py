@@ -37,7 +37,8 @@ from core import __version__
 from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.augment import AugmentConfig, augment_batch
 from core.calibration import fit_temperature, softmax
-from core.checkpoint import AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, load_bundle, model_identity, save_bundle
+from core.checkpoint import (AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, kept_validation, load_bundle,
+                             model_identity, save_bundle)
 from core.data_spec import DataSpec, DataSpecError, SourceSpec
 from core.dataset import class_names_of, fingerprint
 from core.device import autocast_dtype, select_device
@@ -531,13 +532,9 @@ def parent_record(card: dict) -> dict:
     every command back to scratch."""
     tr = card.get("training", {})
     own = tr.get("epochs_run")
-    history, best = tr.get("history") or [], tr.get("best_epoch") or 0
-    row = history[best - 1] if own and 0 < best <= len(history) else {}
-    prefix = "ema_" if tr.get("best_weights") == "ema" else ""
-    # The kept weights' validation figures, without the other weights' (raw or EMA) beside them.
-    kept = {k[len(prefix):]: v for k, v in row.items() if (k.startswith("ema_") == bool(prefix))}
+    kept = kept_validation(tr)
     return {"sha256": card["weights"]["sha256"], "command": tr.get("command"), "epochs_run": own,
-            "best_epoch": best if own else None, "best_weights": tr.get("best_weights") if own else None,
+            "best_epoch": tr.get("best_epoch") if own else None, "best_weights": tr.get("best_weights") if own else None,
             "selection_score": kept.get("score"), "validation_scores": kept or None, "duration_s": tr.get("duration_s"),
             "init_from": tr.get("init_from")}
 

@@ -96,6 +96,20 @@ class ModelBundle:
         return str(self.identity["tta"])
 
 
+def kept_validation(training: dict) -> dict:
+    """The validation figures of the weights a card's ``training`` record kept: the row of the chosen epoch in
+    ``history``, for the raw or the averaged (EMA) weights, with the ``ema_`` prefix removed (so ``score`` is the
+    selection score). A re-fit (``--epochs 0``) keeps its parent's weights and reports the figures recorded in
+    ``init_from``. ``{}`` when nothing was recorded."""
+    if not training.get("epochs_run"):
+        return (training.get("init_from") or {}).get("validation_scores") or {}
+    history, best = training.get("history") or [], training.get("best_epoch") or 0
+    if not 0 < best <= len(history):
+        return {}
+    ema = training.get("best_weights") == "ema"
+    return {k.removeprefix("ema_"): v for k, v in history[best - 1].items() if k.startswith("ema_") == ema}
+
+
 def model_identity(card: dict) -> dict:
     """{"sha256", "version", "tta"} of a model card.
 

@@ -74,9 +74,8 @@ if tab_open("By source"):
         if len(seq):
             st.markdown("**By MRI sequence** (where the source records it): a model that reads the sequence instead "
                         "of the lesion shows here first.")
-            st.dataframe(seq, hide_index=True, width="stretch", key="by_sequence", column_config={
-                "tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
-                "specificity": st.column_config.NumberColumn(format="%.3f")})
+            st.dataframe(seq, hide_index=True, width="stretch", key="by_sequence",
+                         column_config=views.SEQUENCE_COLUMNS)
         for key, m in held.items():
             missed = views.missed_findings(m, metrics.get("class_names", names), ctx.uncertain_below)
             if missed and missed["missed_confident"]:
@@ -142,8 +141,7 @@ if tab_open("Stress test"):
                      "tumour sensitivity": f.get("tumour_sensitivity"), "specificity": f.get("specificity")}
                     for k, r in by_seq.get("shifts", {}).items() for q, f in (r.get("by_sequence") or {}).items()]
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="shift_eval_sequence",
-                         column_config={"tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
-                                        "specificity": st.column_config.NumberColumn(format="%.3f")})
+                         column_config=views.SEQUENCE_COLUMNS)
 
 if tab_open("Data audit"):
     with tabs["Data audit"]:

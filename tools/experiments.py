@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.checkpoint import kept_validation
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "reports" / "experiments.json"
 
@@ -44,16 +46,11 @@ def _selection(card: dict) -> tuple[float | None, dict, int | None, float]:
     """How the model's weights were chosen: (selection score of the kept epoch, that epoch's validation row,
     epochs trained, training seconds). A re-fit (``--epochs 0``) reports its parent's, which it keeps."""
     tr = card.get("training", {})
+    kept = kept_validation(tr)
     if not tr.get("epochs_run") and tr.get("init_from"):
         parent = tr["init_from"]
-        return (parent.get("selection_score"), parent.get("validation_scores") or {}, parent.get("epochs_run"),
+        return (kept.get("score"), kept, parent.get("epochs_run"),
                 (parent.get("duration_s") or 0) + (tr.get("duration_s") or 0))
-    best, hist = tr.get("best_epoch"), tr.get("history") or []
-    if not best or best > len(hist):
-        return None, {}, tr.get("epochs_run"), tr.get("duration_s") or 0
-    row = hist[best - 1]
-    prefix = "ema_" if tr.get("best_weights") == "ema" else ""
-    kept = {k[len(prefix):]: v for k, v in row.items() if k.startswith("ema_") == bool(prefix)}
     return kept.get("score"), kept, tr.get("epochs_run"), tr.get("duration_s") or 0
 
 

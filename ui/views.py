@@ -335,6 +335,11 @@ SOURCES_COLUMNS = {
 }
 
 
+# Column formats of :func:`sequence_frame` tables (and of the stress test's per-sequence table).
+SEQUENCE_COLUMNS = {"tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
+                    "specificity": st.column_config.NumberColumn(format="%.3f")}
+
+
 def sequence_frame(sets: dict[str, dict]) -> pd.DataFrame:
     """Tumour sensitivity and specificity per set and MRI sequence (T1, T1C+, T2/FLAIR), where known."""
     rows = []
@@ -384,8 +389,7 @@ def detection_view(m: dict, key: str) -> None:
     seq = sequence_frame({key: m})
     if len(seq):
         st.dataframe(seq.drop(columns=["set"]), hide_index=True, width="stretch", key=f"{key}_by_sequence",
-                     column_config={"tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
-                                    "specificity": st.column_config.NumberColumn(format="%.3f")})
+                     column_config=SEQUENCE_COLUMNS)
     per_class = m.get("per_class_by_sequence") or {}
     if per_class:
         st.markdown("**Per class and sequence** (precision / recall)")

@@ -233,10 +233,7 @@ def prepare_data(data: DataSpec, root: Path, split_spec: PreprocessSpec, spec: P
         again = index_sources(data, root, spec, args.cache_dir, args.workers)
         assert [r.path for s in again for r in s.records] == [r.path for r in split.records]
         images = np.concatenate([s.images for s in again])
-    parts = {f"{s}/{p}": [split.records[i] for i in split.select(p, s)] for s in split.sources for p in
-             ("train", "val", "test")}
-    audit, _ = audit_splits({k: v for k, v in parts.items() if v}, list(data.class_names), data.near_distance)
-    audit["leakage"] = leakage_report(split)
+    audit = audit_parts(split, data.class_names, data.near_distance, ("train", "val", "test"))
     return PreparedData(split, images, trainable(split, "train", args.leave_out), trainable(split, "val", args.leave_out),
                         audit)
 
@@ -255,13 +252,19 @@ def prepare_from_pack(path: str, spec: PreprocessSpec, args: argparse.Namespace)
     n = len(records)
     split = DataSplit(records, images, np.array([r["part"] for r in recs]), np.array([r["group"] for r in recs]),
                       np.ones(n, bool), np.zeros(n, bool), list(dict.fromkeys(r.source for r in records)))
-    parts = {f"{s}/{p}": [records[i] for i in split.select(p, s)] for s in split.sources for p in ("train", "val")}
-    audit, _ = audit_splits({k: v for k, v in parts.items() if v}, meta["data_spec"]["class_names"],
-                            meta["data_spec"].get("near_distance", DEFAULT_NEAR_DISTANCE))
-    audit["leakage"] = leakage_report(split)
+    audit = audit_parts(split, meta["data_spec"]["class_names"],
+                        meta["data_spec"].get("near_distance", DEFAULT_NEAR_DISTANCE), ("train", "val"))
     audit["packed_from"] = {"file": str(path), "fingerprints": meta["fingerprints"], "quality": meta["quality"]}
     return PreparedData(split, images, trainable(split, "train", args.leave_out), trainable(split, "val", args.leave_out),
                         audit)
+
+
+def audit_parts(split: DataSplit, class_names, near_distance: int, parts: tuple[str, ...]) -> dict:
+    """The data audit (duplicates, label conflicts) over every source's ``parts``, with the leakage report."""
+    by_part = {f"{s}/{p}": [split.records[i] for i in split.select(p, s)] for s in split.sources for p in parts}
+    audit, _ = audit_splits({k: v for k, v in by_part.items() if v}, list(class_names), near_distance)
+    audit["leakage"] = leakage_report(split)
+    return audit
 
 
 def leakage_report(split: DataSplit) -> dict:

@@ -17,6 +17,7 @@ inference precision    ``precision``               ``MRI_PRECISION`` (auto defau
 labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassified gallery)
 uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
 gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
+batch reviews at once  ``max_batch_jobs``          ``MRI_MAX_BATCH_JOBS`` (default 2, whole server)
 =====================  ==========================  ===========================================
 
 The upload size limit is Streamlit's own ``server.maxUploadSize`` in
@@ -53,6 +54,9 @@ class AppConfig:
     dataset_root: Path | None = None
     uncertain_below: float = 0.6
     gallery_page_size: int = 24
+    # Batch reviews run as background threads; each takes the model's CPU/GPU time, so the server
+    # runs at most this many at once (one per browser session in any case).
+    max_batch_jobs: int = 2
     source: str = "defaults"  # where the settings came from, for display
 
     @property
@@ -106,7 +110,7 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
         raise ConfigError(f"app config {path} (from MRI_APP_CONFIG) does not exist")
     env_map = {"MRI_WEIGHTS_DIR": "weights_dir", "MRI_ALLOWED_ROOTS": "allowed_roots", "MRI_APP_DATA": "data_dir",
                "MRI_DEVICE": "device", "MRI_PRECISION": "precision", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
-               "MRI_GALLERY_PAGE_SIZE": "gallery_page_size"}
+               "MRI_GALLERY_PAGE_SIZE": "gallery_page_size", "MRI_MAX_BATCH_JOBS": "max_batch_jobs"}
     for var, key in env_map.items():
         if env.get(var):
             values[key] = env[var]
@@ -137,6 +141,10 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
             kwargs["gallery_page_size"] = int(values["gallery_page_size"])
             if not 1 <= kwargs["gallery_page_size"] <= 200:
                 raise ConfigError("gallery_page_size must be between 1 and 200")
+        if "max_batch_jobs" in values:
+            kwargs["max_batch_jobs"] = int(values["max_batch_jobs"])
+            if not 1 <= kwargs["max_batch_jobs"] <= 64:
+                raise ConfigError("max_batch_jobs must be between 1 and 64")
     except (TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -5,6 +5,10 @@ Exact duplicates share a SHA-256; near duplicates have 256-bit perceptual hashes
 the head crop (pHash) within ``near_distance`` bits. On this dataset no pair within 30
 bits carries two labels; the default 20 is on the cautious side for leakage. Groups are the connected components of both
 relations, so a chain of near copies forms one group.
+
+Files that are not MRI at all (CT slices in the Kaggle set) are not found here but by ``python -m tools.ct_audit``
+(a skull-ring measure, then by eye); its report, ``reports/kaggle_ct_audit.json``, lists them, and the audit
+counts the listed files of each audited split under ``non_mri``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from core.dataset import FileRecord, class_names_of, fingerprint, index_tree
 from core.preprocess import PreprocessSpec
 
 DEFAULT_NEAR_DISTANCE = 20
+NON_MRI_REPORT = Path(__file__).resolve().parent.parent / "reports" / "kaggle_ct_audit.json"
 
 
 class _UnionFind:
@@ -71,12 +76,69 @@ def duplicate_groups(records: list[FileRecord], near_distance: int = DEFAULT_NEA
     return [uf.find(i) for i in range(len(records))]
 
 
+def load_non_mri(path: str | Path = NON_MRI_REPORT) -> dict:
+    """What ``tools.ct_audit``'s report says about files that are not MRI.
+
+    Returns ``{"labels": {"<class folder>/<file>": label}, "gate_missed": set of those keys, "report": path}``
+    for the files labelled other than MRI (e.g. "CT"); empty labels when the report is absent or unreadable.
+    Keys drop the split folder (``Testing/notumor/Te-no_0010.jpg`` -> ``notumor/Te-no_0010.jpg``): Kaggle file
+    names are unique across its splits, and an audited part (``kaggle/train``) holds files of one tree.
+    """
+    def key(p: str) -> str:
+        return "/".join(p.split("/")[-2:])
+
+    try:
+        report = json.loads(Path(path).read_text())
+        labels = {key(e["path"]): e["label"] for e in report.get("labels", []) if e.get("label") != "MRI"}
+        missed = {key(p) for p in (report.get("gate") or {}).get("ct_missed", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {"labels": {}, "gate_missed": set(), "report": str(path)}
+    return {"labels": labels, "gate_missed": missed, "report": str(path)}
+
+
+def non_mri_entry(splits: dict[str, list[FileRecord]], class_names: list[str], non_mri: dict) -> dict | None:
+    """Per audited split, how many of its files ``non_mri`` (see :func:`load_non_mri`) lists as not MRI, by
+    label and class; None when it lists none of them. Only records of the Kaggle tree (``source`` "kaggle",
+    or "" for a plain folder tree) are matched."""
+    labels = non_mri.get("labels") or {}
+    per_split: dict[str, dict[str, dict[str, int]]] = {}
+    found, missed = Counter(), 0
+    for name, records in splits.items():
+        for r in records:
+            if r.source not in ("", "kaggle"):
+                continue
+            k = "/".join(r.path.split("/")[-2:])
+            lab = labels.get(k)
+            if lab is None:
+                continue
+            cls = class_names[r.label] if 0 <= r.label < len(class_names) else str(r.label)
+            per_split.setdefault(name, {}).setdefault(lab, Counter())[cls] += 1
+            found[lab] += 1
+            missed += k in (non_mri.get("gate_missed") or set())
+    if not found:
+        return None
+    report = Path(non_mri.get("report", NON_MRI_REPORT))
+    return {
+        "report": str(report.relative_to(NON_MRI_REPORT.parent.parent)) if report.is_relative_to(
+            NON_MRI_REPORT.parent.parent) else str(report),
+        "files": dict(found),
+        "per_split": {s: {lab: dict(sorted(c.items())) for lab, c in d.items()} for s, d in per_split.items()},
+        "flagged_by_ct_gate": int(sum(found.values()) - missed),
+        "note": "Found by tools.ct_audit (skull-ring measure, then by eye). The dashboard flags them as outside "
+                "intended use with core.ood.ct_gate; a model trained on these parts learnt them under the "
+                "class their folder gives.",
+    }
+
+
 def audit_splits(splits: dict[str, list[FileRecord]], class_names: list[str],
-                 near_distance: int = DEFAULT_NEAR_DISTANCE) -> tuple[dict, dict[str, list[int]]]:
+                 near_distance: int = DEFAULT_NEAR_DISTANCE,
+                 non_mri: dict | None = None) -> tuple[dict, dict[str, list[int]]]:
     """Audit several splits together.
 
     Returns the JSON-ready report and, per split, the group id of each record (group ids
-    are shared across splits, so equal ids across splits mean leakage).
+    are shared across splits, so equal ids across splits mean leakage). ``non_mri``: the listed non-MRI
+    files (:func:`load_non_mri`; default: read from ``reports/kaggle_ct_audit.json``), counted per split
+    under ``report["non_mri"]`` when any audited file is listed.
     """
     names = list(splits)
     flat = [(s, r) for s in names for r in splits[s]]
@@ -129,6 +191,9 @@ def audit_splits(splits: dict[str, list[FileRecord]], class_names: list[str],
                 f"{b}_files_with_exact_or_near_copy_in_{a}": sum(1 for g in per_split_groups[b] if g in ga),
                 f"{b}_files_with_exact_copy_in_{a}": sum(1 for r in splits[b] if r.sha256 in sha_a),
             }
+    entry = non_mri_entry(splits, class_names, load_non_mri() if non_mri is None else non_mri)
+    if entry is not None:
+        report["non_mri"] = entry
     return report, per_split_groups
 
 

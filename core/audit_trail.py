@@ -3,6 +3,12 @@
 Each record holds the time, the file's SHA-256 (never the image, never patient tags),
 the model's SHA-256 and version, the predicted class, the probabilities, the flags and the CAM
 method. Each write is its own transaction; WAL lets many sessions write and read at once.
+
+Reader feedback lives beside the predictions, in a ``feedback`` table: a reader agrees or disagrees
+with a result, may name the class they read (or "unsure") and may add a short note. Feedback is
+append-only too (a trigger refuses updates and deletes): a changed mind is a new row, and the newest
+row for a result is the one every view and export shows. Disagreements are the site's own error cases
+(:meth:`AuditTrail.error_cases`). A trail written before the table existed gains it when opened.
 """
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import csv
 import io
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from contextlib import closing
 from pathlib import Path
 
@@ -50,6 +58,71 @@ CREATE TABLE IF NOT EXISTS predictions (
 COLUMNS = ("id", "timestamp", "source", "file_sha256", "model_sha256", "model_version", "predicted", "confidence",
            "probabilities", "ood", "uncertain", "cam_method", "error")
 
+# Reader feedback. prediction_id points at predictions.id when the result's row is known (SQLite does not enforce
+# the reference; record_feedback checks it). Append-only: the triggers refuse UPDATE and DELETE.
+_FEEDBACK_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    prediction_id INTEGER REFERENCES predictions(id),
+    file_sha256 TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    model_version TEXT,
+    predicted TEXT,
+    verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree')),
+    reader_class TEXT,
+    note TEXT NOT NULL DEFAULT '',
+    reader TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX IF NOT EXISTS feedback_by_prediction ON feedback (prediction_id)",
+    "CREATE INDEX IF NOT EXISTS feedback_by_result ON feedback (file_sha256, model_sha256)",
+    ("CREATE TRIGGER IF NOT EXISTS feedback_no_update BEFORE UPDATE ON feedback "
+     "BEGIN SELECT RAISE(ABORT, 'reader feedback is append-only'); END"),
+    ("CREATE TRIGGER IF NOT EXISTS feedback_no_delete BEFORE DELETE ON feedback "
+     "BEGIN SELECT RAISE(ABORT, 'reader feedback is append-only'); END"),
+)
+FEEDBACK_COLUMNS = ("id", "timestamp", "prediction_id", "file_sha256", "model_sha256", "model_version", "predicted",
+                    "verdict", "reader_class", "note", "reader")
+# What export_csv adds to each prediction: its newest feedback row, if any.
+EXPORT_FEEDBACK_COLUMNS = ("feedback_verdict", "feedback_class", "feedback_note", "feedback_time")
+EXPORT_COLUMNS = COLUMNS + EXPORT_FEEDBACK_COLUMNS
+VERDICTS = ("agree", "disagree")
+UNSURE = "unsure"  # a reader who disagrees without naming the right class
+MAX_NOTE_CHARS = 1000
+MAX_READER_CHARS = 100
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .+-]{0,63}")
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers (CSV injection)
+
+
+def clean_text(text: str | None, *, max_chars: int, field: str, multiline: bool = True) -> str:
+    """Free text as stored: control and bidi-format characters removed (newlines and tabs kept in notes),
+    line ends unified, surrounding blanks stripped. Longer than ``max_chars`` after that: ``ValueError``."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ValueError(f"{field} must be text, not {type(text).__name__}")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    keep = {"\n", "\t"} if multiline else set()
+    text = "".join(ch if ch in keep or not _unwanted(ch) else (" " if ch in "\n\t" else "") for ch in text).strip()
+    if len(text) > max_chars:
+        raise ValueError(f"{field} is {len(text):,} characters long; at most {max_chars:,} are kept")
+    return text
+
+
+def _unwanted(ch: str) -> bool:
+    """Control characters, lone surrogates and the bidi controls that can make a note read backwards."""
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS
+
+
+def _csv_safe(value):
+    """Free text that a spreadsheet would run as a formula gets a leading apostrophe in CSV exports."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
 
 class AuditTrail:
     """Thread-safe writer/reader for one SQLite file. Connections are per call: cheap, and
@@ -66,6 +139,8 @@ class AuditTrail:
             # the version tells apart re-fits of the same weights (train.py --epochs 0).
             if "model_version" not in {r[1] for r in con.execute("PRAGMA table_info(predictions)")}:
                 con.execute("ALTER TABLE predictions ADD COLUMN model_version TEXT")
+            for statement in _FEEDBACK_SCHEMA:  # trails from before reader feedback gain the table
+                con.execute(statement)
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)
@@ -76,15 +151,16 @@ class AuditTrail:
                predicted: str | None = None, confidence: float | None = None,
                probabilities: dict[str, float] | None = None,
                ood: bool | None = None, uncertain: bool | None = None, cam_method: str | None = None,
-               error: str | None = None) -> None:
-        """Append one record in its own transaction."""
+               error: str | None = None) -> int:
+        """Append one record in its own transaction; returns its row id (for :meth:`record_feedback`)."""
         row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source, file_sha256, model_sha256, model_version,
                predicted, confidence, json.dumps(probabilities) if probabilities is not None else None,
                None if ood is None else int(ood), None if uncertain is None else int(uncertain), cam_method, error)
         with self._lock, closing(self._connect()) as con, con:  # "with con" commits or rolls back
-            con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, model_version, "
-                        "predicted, confidence, probabilities, ood, uncertain, cam_method, error) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            cur = con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, model_version, "
+                              "predicted, confidence, probabilities, ood, uncertain, cam_method, error) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return int(cur.lastrowid)
 
     def recent(self, limit: int = 100) -> list[dict]:
         """Newest records first."""
@@ -97,10 +173,159 @@ class AuditTrail:
             return int(con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
 
     def export_csv(self, limit: int | None = None) -> str:
-        """All (or the newest ``limit``) records as CSV text."""
-        rows = self.recent(limit if limit is not None else -1)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
-        return buf.getvalue()
+        """All (or the newest ``limit``) records as CSV text, newest first: the prediction columns, then the
+        newest reader feedback on each (``feedback_verdict``, ``feedback_class``, ``feedback_note``,
+        ``feedback_time``; empty where there is none)."""
+        sql = (f"SELECT {', '.join('p.' + c for c in COLUMNS)}, f.verdict, f.reader_class, f.note, f.timestamp "
+               "FROM predictions p LEFT JOIN feedback f "
+               "ON f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = p.id) ORDER BY p.id DESC LIMIT ?")
+        with closing(self._connect()) as con:
+            rows = con.execute(sql, (limit if limit is not None else -1,)).fetchall()
+        return _csv_text(EXPORT_COLUMNS, (dict(zip(EXPORT_COLUMNS, r)) for r in rows), free_text=("feedback_note",))
+
+    # ---- reader feedback -------------------------------------------------------------------------------------
+
+    def record_feedback(self, *, file_sha256: str, model_sha256: str, verdict: str,
+                        model_version: str | None = None, predicted: str | None = None,
+                        reader_class: str | None = None, note: str | None = "", reader: str | None = "",
+                        prediction_id: int | None = None, class_names: list[str] | tuple[str, ...] | None = None
+                        ) -> dict:
+        """Append one reader's verdict on a result and return the stored row (a dict of ``FEEDBACK_COLUMNS``).
+
+        ``verdict`` is "agree" or "disagree". ``reader_class`` is the class the reader reads instead (one of
+        ``class_names``, or "unsure"); only a disagreement names one, and not the predicted class. The note
+        (at most 1,000 characters) and the reader's name are stripped of control characters. Without
+        ``prediction_id`` the feedback is attached to the newest prediction of the same file by the same model
+        (and version, when given), if there is one; ``model_version`` and ``predicted`` default to that row's.
+        Anything invalid raises ``ValueError`` with a message meant for the reader.
+        """
+        verdict = (verdict or "").strip().lower() if isinstance(verdict, str) else verdict
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be 'agree' or 'disagree', not {verdict!r}")
+        file_sha256 = (file_sha256 or "").strip().lower() if isinstance(file_sha256, str) else ""
+        if not _SHA256.fullmatch(file_sha256):
+            raise ValueError("file_sha256 must be the file's SHA-256 (64 hex digits); file names are never stored")
+        model_sha256 = clean_text(model_sha256, max_chars=128, field="model_sha256", multiline=False)
+        if not model_sha256:
+            raise ValueError("model_sha256 is required: feedback is about one model's result")
+        note = clean_text(note, max_chars=MAX_NOTE_CHARS, field="The note")
+        reader = clean_text(reader, max_chars=MAX_READER_CHARS, field="The reader's name", multiline=False)
+        if reader_class is not None:
+            reader_class = clean_text(reader_class, max_chars=64, field="reader_class", multiline=False) or None
+        with self._lock, closing(self._connect()) as con, con:
+            if prediction_id is not None:
+                if isinstance(prediction_id, bool) or not isinstance(prediction_id, int):
+                    raise ValueError(f"prediction_id must be a row id, not {prediction_id!r}")
+                row = con.execute("SELECT id, file_sha256, model_sha256, model_version, predicted, probabilities "
+                                  "FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+                if row is None:
+                    raise ValueError(f"there is no prediction {prediction_id} in the audit trail")
+                if (row[1], row[2]) != (file_sha256, model_sha256) or (
+                        model_version is not None and row[3] is not None and row[3] != model_version):
+                    raise ValueError(f"prediction {prediction_id} is about another file or model")
+            else:
+                sql = ("SELECT id, file_sha256, model_sha256, model_version, predicted, probabilities FROM predictions "
+                       "WHERE file_sha256 = ? AND model_sha256 = ? AND error IS NULL")
+                args: tuple = (file_sha256, model_sha256)
+                if model_version is not None:
+                    sql, args = sql + " AND model_version IS ?", args + (model_version,)
+                row = con.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+            if row is not None:
+                prediction_id = int(row[0])
+                model_version = model_version if model_version is not None else row[3]
+                predicted = predicted if predicted is not None else row[4]
+                if class_names is None and row[5]:
+                    try:
+                        class_names = list(json.loads(row[5]))
+                    except (ValueError, TypeError):
+                        class_names = None
+            _check_reader_class(verdict, reader_class, predicted, class_names)
+            stored = dict(zip(FEEDBACK_COLUMNS, (
+                None, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), prediction_id, file_sha256, model_sha256,
+                model_version, predicted, verdict, reader_class, note, reader)))
+            cur = con.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS[1:])}) "
+                              f"VALUES ({', '.join('?' * (len(FEEDBACK_COLUMNS) - 1))})",
+                              tuple(stored[c] for c in FEEDBACK_COLUMNS[1:]))
+            stored["id"] = int(cur.lastrowid)
+        return stored
+
+    def feedback_for(self, file_sha256: str, model_sha256: str, model_version: str | None = None,
+                     limit: int = -1) -> list[dict]:
+        """Every feedback row on one file's result from one model (and version, when given), newest first:
+        the first row is the one that counts."""
+        sql = "SELECT " + ", ".join(FEEDBACK_COLUMNS) + " FROM feedback WHERE file_sha256 = ? AND model_sha256 = ?"
+        args: tuple = ((file_sha256 or "").lower(), model_sha256)
+        if model_version is not None:
+            sql, args = sql + " AND model_version IS ?", args + (model_version,)
+        with closing(self._connect()) as con:
+            rows = con.execute(sql + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
+        return [dict(zip(FEEDBACK_COLUMNS, r)) for r in rows]
+
+    def feedback(self, limit: int = -1) -> list[dict]:
+        """All feedback rows, newest first."""
+        with closing(self._connect()) as con:
+            rows = con.execute(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY id DESC LIMIT ?",
+                               (limit,)).fetchall()
+        return [dict(zip(FEEDBACK_COLUMNS, r)) for r in rows]
+
+    def latest_feedback(self, limit: int = -1) -> list[dict]:
+        """The newest feedback row of each result (file, model, model version), newest first: the current
+        verdicts, with earlier changes of mind left out."""
+        sql = (f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback WHERE id IN (SELECT MAX(id) FROM feedback "
+               "GROUP BY file_sha256, model_sha256, COALESCE(model_version, '')) ORDER BY id DESC LIMIT ?")
+        with closing(self._connect()) as con:
+            rows = con.execute(sql, (limit,)).fetchall()
+        return [dict(zip(FEEDBACK_COLUMNS, r)) for r in rows]
+
+    def feedback_counts(self) -> dict[str, int]:
+        """Current verdicts (the newest per result) by kind, and ``rows``: every feedback row ever written."""
+        out = {v: 0 for v in VERDICTS}
+        for r in self.latest_feedback():
+            out[r["verdict"]] += 1
+        with closing(self._connect()) as con:
+            out["rows"] = int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+        return out
+
+    def error_cases(self, limit: int = -1) -> list[dict]:
+        """The site's own error cases: results whose newest feedback is a disagreement, newest first."""
+        return [r for r in self.latest_feedback() if r["verdict"] == "disagree"][:limit if limit >= 0 else None]
+
+    def export_feedback_csv(self) -> str:
+        """Every feedback row, newest first, as CSV text (``FEEDBACK_COLUMNS``)."""
+        return _csv_text(FEEDBACK_COLUMNS, self.feedback())
+
+    def export_error_cases_csv(self) -> str:
+        """:meth:`error_cases` as CSV text (``FEEDBACK_COLUMNS``)."""
+        return _csv_text(FEEDBACK_COLUMNS, self.error_cases())
+
+
+def _check_reader_class(verdict: str, reader_class: str | None, predicted: str | None,
+                        class_names: list[str] | tuple[str, ...] | None) -> None:
+    if reader_class is None:
+        return
+    if verdict == "agree":
+        if reader_class != predicted:
+            raise ValueError("an 'agree' verdict keeps the predicted class: leave the reader's class empty, or "
+                             "choose 'disagree'")
+        return
+    if reader_class == UNSURE:
+        return
+    if class_names:
+        if reader_class not in class_names:
+            raise ValueError(f"unknown class {reader_class!r}: choose one of "
+                             f"{', '.join(list(class_names) + [UNSURE])}")
+    elif not _CLASS_NAME.fullmatch(reader_class):
+        raise ValueError(f"{reader_class!r} is not a class name")
+    if reader_class == predicted:
+        raise ValueError(f"a disagreement cannot name the predicted class ({predicted}): choose another class "
+                         f"or '{UNSURE}'")
+
+
+def _csv_text(columns: tuple[str, ...], rows, free_text: tuple[str, ...] = ("note", "reader")) -> str:
+    """CSV text; the readers' free text is kept from being run as a spreadsheet formula."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _csv_safe(v) if k in free_text else v for k, v in r.items()})
+    return buf.getvalue()

@@ -10,6 +10,11 @@ chunk in flight, and ``--resume`` skips every file already in the CSV. A file th
 cannot be read becomes a row with the reason in ``error``; it never stops the run.
 Every row is also appended to the audit trail (``core.audit_trail``; the CLI writes to
 ``$MRI_APP_DATA/audit.sqlite3`` unless told otherwise).
+
+Every row names the model (name, version, weights SHA-256) and the uncertainty threshold its
+``uncertain`` flag used, as the dashboard's single-scan JSON does. ``cam_method`` and
+``cam_peak_x``/``cam_peak_y`` are filled only for rows whose heatmap was computed (``--cam-method``
+here; in the dashboard, the gallery pages shown with heatmaps on).
 """
 from __future__ import annotations
 
@@ -36,11 +41,21 @@ from core.preprocess import Preprocessed, preprocess_decoded
 DEFAULT_UNCERTAIN_BELOW = 0.6
 
 
+MODEL_COLUMNS = ("model_name", "model_version", "model_sha256")
+
+
 def csv_columns(class_names: list[str]) -> list[str]:
-    """Column order of the results CSV (and of the dashboard table)."""
+    """Column order of the results CSV: the one definition, used by the CLI, the dashboard's table and its
+    CSV downloads."""
     return (["path", "predicted", "confidence"] + [f"p_{c}" for c in class_names]
             + ["ood", "ood_reason", "uncertain", "true_label", "correct", "cam_method", "cam_peak_x", "cam_peak_y",
-               "file_sha256", "warnings", "error"])
+               "file_sha256", "warnings", "error", *MODEL_COLUMNS, "uncertain_below"])
+
+
+def model_fields(predictor: Predictor) -> dict[str, str]:
+    """The model columns of a result row (:data:`MODEL_COLUMNS`) for the model ``predictor`` serves."""
+    b = predictor.bundle
+    return {"model_name": b.name, "model_version": b.version, "model_sha256": b.sha256}
 
 
 def truth_from_path(rel: str, class_names: list[str], folder_truth: str | None = None) -> str | None:
@@ -56,11 +71,15 @@ def truth_from_path(rel: str, class_names: list[str], folder_truth: str | None =
 
 def make_row(rel: str, class_names: list[str], pred: Prediction | None = None, error: str = "",
              file_sha256: str = "", cam_method: str = "", peak: tuple[float, float] | None = None,
-             uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, folder_truth: str | None = None) -> dict:
-    """One result row (all CSV columns present; empty strings where not applicable)."""
+             uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, folder_truth: str | None = None,
+             model: dict[str, str] | None = None) -> dict:
+    """One result row (all CSV columns present; empty strings where not applicable). ``model``: the
+    :func:`model_fields` of the model that made ``pred`` (unreadable files name it too: the row says which
+    run it belongs to)."""
     row = dict.fromkeys(csv_columns(class_names), "")
     truth = truth_from_path(rel, class_names, folder_truth)
-    row.update(path=rel, file_sha256=file_sha256, error=error, true_label=truth or "")
+    row.update(path=rel, file_sha256=file_sha256, error=error, true_label=truth or "",
+               uncertain_below=uncertain_below, **(model or {}))
     if pred is not None:
         row.update(predicted=pred.label, confidence=round(pred.confidence, 6), ood=pred.ood,
                    ood_reason=pred.ood_reason or "", uncertain=pred.is_uncertain(uncertain_below),
@@ -108,12 +127,20 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
     writer = handle = None
     if out_path:
         new_file = not (resume and out_path.exists())
+        if not new_file:
+            with open(out_path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header is not None and header != columns:
+                # Appending rows under another header would shift every value into the wrong column.
+                raise ValueError(f"{out_path} has other columns than this version writes (an older CSV or another "
+                                 "model's classes); resume into a new file")
         handle = open(out_path, "w" if new_file else "a", newline="")
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new_file:
             writer.writeheader()
             handle.flush()
     model_sha = predictor.bundle.sha256
+    model = model_fields(predictor)
     pending: list[tuple[str, str, Preprocessed]] = []
     ready: list[dict] = []
 
@@ -146,7 +173,7 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
 
             peaks = [c.peak for c in compute_cams(predictor, items, [p.index for p in preds], cam_method)]
         rows = [make_row(rel, names, pr, file_sha256=sha, cam_method=cam_method or "", peak=pk,
-                         uncertain_below=uncertain_below, folder_truth=folder_truth)
+                         uncertain_below=uncertain_below, folder_truth=folder_truth, model=model)
                 for (rel, sha, _), pr, pk in zip(pending, preds, peaks)]
         pending.clear()
         return rows
@@ -165,9 +192,11 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
                 pre = preprocess_decoded(decode_bytes(data, path.name, limits), predictor.spec)
                 pending.append((rel, sha, pre))
             except ImageLoadError as exc:
-                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha, folder_truth=folder_truth))
+                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha, folder_truth=folder_truth,
+                                      uncertain_below=uncertain_below, model=model))
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
                 ready.append(make_row(rel, names, file_sha256=sha, folder_truth=folder_truth,
+                                      uncertain_below=uncertain_below, model=model,
                                       error=f"{path.name}: unexpected error ({type(exc).__name__}: {exc})"))
             if len(pending) >= chunk_size:
                 ready.extend(flush_pending())
@@ -228,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {counts['done']} rows saved in {args.out}; rerun with --resume to continue",
               file=sys.stderr)
         return 130
+    except ValueError as exc:  # e.g. --resume into a CSV with other columns
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"wrote {counts['done']} rows ({counts['errors']} unreadable) to {args.out}")

@@ -37,7 +37,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from core.predictor import Predictor
-from core.preprocess import Preprocessed, map_to_original
+from core.preprocess import Preprocessed, analysed_view, map_to_original
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
 CLASS_AGNOSTIC = frozenset({"eigencam"})  # first principal component: ignores the target class
@@ -64,12 +64,22 @@ def _cam_model(predictor: Predictor) -> torch.nn.Module:
 @dataclass
 class CamResult:
     """``heatmap``: float32 (H, W) in [0, 1] at the original image size;
-    ``peak``: (x, y) of the heatmap maximum as fractions of width and height."""
+    ``peak``: (x, y) of the heatmap maximum as fractions of width and height;
+    ``strength``: the map's peak before it was stretched to [0, 1] (native engine only, else None). For
+    Grad-CAM it is in logit units, so it compares the evidence for two classes of one image;
+    ``scale``: the factor already applied to ``heatmap`` by :func:`on_reading_scale` (1 = its own scale)."""
 
     heatmap: np.ndarray
     peak: tuple[float, float]
     method: str
     target: str
+    strength: float | None = None
+    scale: float = 1.0
+
+    def peak_pixel(self) -> tuple[int, int]:
+        """The peak as (x, y) pixel indices of the original image."""
+        h, w = self.heatmap.shape
+        return min(w - 1, int(self.peak[0] * w)), min(h - 1, int(self.peak[1] * h))
 
 
 def native_supported(model: torch.nn.Module) -> bool:
@@ -91,8 +101,9 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
 
 
 def _native_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None,
-                 method: str) -> tuple[np.ndarray, list[int]]:
-    """(N, S, S) float32 maps in [0, 1] at model resolution, and the target used per image."""
+                 method: str) -> tuple[np.ndarray, list[int], list[float | None]]:
+    """(N, S, S) float32 maps in [0, 1] at model resolution, the target used per image and each map's
+    peak before normalisation (its strength)."""
     model = predictor.model
     size = batch.shape[-2:]
     amp = predictor.amp_dtype if predictor.device.type == "cuda" else None
@@ -123,14 +134,16 @@ def _native_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] |
         cam = (grads.clamp(min=0) * a).sum(1)
     else:  # eigencam: the library's own SVD on the CPU, so the sign convention is identical
         cam = torch.from_numpy(get_2d_projection(a.cpu().numpy())).to(a.device)
-    cam = _minmax(cam.clamp(min=0))
+    cam = cam.clamp(min=0)
+    strengths = [float(v) for v in cam.flatten(1).max(dim=1).values.cpu()]
+    cam = _minmax(cam)
     cam = F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     cam = _minmax(cam.clamp(min=0))  # grad-cam's aggregate step over the (single) layer
-    return cam.float().cpu().numpy(), [int(t) for t in targets]
+    return cam.float().cpu().numpy(), [int(t) for t in targets], strengths
 
 
 def _library_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None,
-                  method: str) -> tuple[np.ndarray, list[int]]:
+                  method: str) -> tuple[np.ndarray, list[int], list[float | None]]:
     maps = None
     model = _cam_model(predictor)
     with torch.inference_mode(False), torch.enable_grad():
@@ -142,7 +155,7 @@ def _library_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] 
     model.zero_grad(set_to_none=True)  # drop parameter grads left by backward
     if maps is None:  # grad-cam's __exit__ swallows IndexError (prints it) and leaves nothing
         raise RuntimeError(f"{method} failed to compute a heatmap (see the message printed above)")
-    return maps, [int(t) for t in targets]
+    return maps, [int(t) for t in targets], [None] * len(targets)  # the library keeps no raw scale
 
 
 def cam_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None, method: str = "gradcam",
@@ -151,6 +164,13 @@ def cam_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | Non
 
     Returns float32 (N, S, S) maps in [0, 1] and the target class index used per image.
     """
+    maps, targets, _ = _maps_with_strength(predictor, batch, targets, method, engine)
+    return maps, targets
+
+
+def _maps_with_strength(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None, method: str,
+                        engine: str) -> tuple[np.ndarray, list[int], list[float | None]]:
+    """:func:`cam_maps` plus each map's strength (None from the library engine)."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
     if engine not in CAM_ENGINES:
@@ -180,20 +200,47 @@ def compute_cams(predictor: Predictor, items: list[Preprocessed], targets: list[
 def cam_results(predictor: Predictor, items: list[Preprocessed], batch: torch.Tensor, targets: list[int] | None,
                 method: str = "gradcam", engine: str = "auto") -> list[CamResult]:
     """:func:`compute_cams` for callers that already hold the items' standardised batch."""
-    maps, targets = cam_maps(predictor, predictor.to_device(batch), targets, method, engine)
-    return [_result(item, m, t, method, predictor.class_names) for item, m, t in zip(items, maps, targets)]
+    maps, targets, strengths = _maps_with_strength(predictor, predictor.to_device(batch), targets, method, engine)
+    return [_result(item, m, t, method, predictor.class_names, s)
+            for item, m, t, s in zip(items, maps, targets, strengths)]
 
 
-def _result(item: Preprocessed, m: np.ndarray, t: int, method: str, class_names: list[str]) -> CamResult:
-    full = map_to_original(np.nan_to_num(m), item)
+def _peak(full: np.ndarray) -> tuple[float, float]:
     h, w = full.shape
     y, x = np.unravel_index(int(full.argmax()), full.shape)
-    return CamResult(np.clip(full, 0, 1), ((x + 0.5) / w, (y + 0.5) / h), method, class_names[int(t)])
+    return (x + 0.5) / w, (y + 0.5) / h
+
+
+def _result(item: Preprocessed, m: np.ndarray, t: int, method: str, class_names: list[str],
+            strength: float | None = None) -> CamResult:
+    full = map_to_original(np.nan_to_num(m), item)
+    return CamResult(np.clip(full, 0, 1), _peak(full), method, class_names[int(t)], strength)
+
+
+def on_reading_scale(cam: CamResult, head: np.ndarray, reference: CamResult | None = None) -> CamResult:
+    """The map as a reader should see it: kept to the head, and a weak class's map not stretched to full colour.
+
+    Args:
+        cam: the map to show (its own [0, 1] scale).
+        head: bool (H, W) head mask (:func:`core.preprocess.head_mask`); the map is zeroed outside it, so
+            evidence painted on the background is not shown as a finding.
+        reference: the predicted class's map of the same image and method. When both carry a strength, ``cam``
+            is put on the reference's scale (factor ``cam.strength / reference.strength``, at most 1): a class
+            with little evidence then shows a faint map instead of hot blocks.
+    Returns a new result (``scale`` records the factor); the peak is searched inside the head.
+    """
+    scale = 1.0
+    if reference is not None and cam.strength is not None and reference.strength:
+        scale = float(min(1.0, max(0.0, cam.strength / reference.strength)))
+    shown = np.where(head, cam.heatmap, 0.0).astype(np.float32) * scale
+    peak = _peak(shown) if shown.max() > 0 else cam.peak
+    return CamResult(shown, peak, cam.method, cam.target, cam.strength, scale)
 
 
 def overlay(item: Preprocessed, heatmap: np.ndarray, opacity: float = 0.45, colormap: str = "jet") -> np.ndarray:
-    """Heatmap blended over the original grey image: uint8 (H, W, 3) RGB."""
-    grey = item.decoded.pixels if item.decoded is not None else np.zeros_like(heatmap)
+    """Heatmap blended over the image as the model saw it (:func:`core.preprocess.analysed_view`):
+    uint8 (H, W, 3) RGB. ``heatmap``: float (H, W) in [0, 1], drawn on a fixed 0-1 colour scale."""
+    grey = analysed_view(item) if item.decoded is not None else np.zeros_like(heatmap)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     return show_cam_on_image(rgb, heatmap.astype(np.float32), use_rgb=True,
                              colormap=COLORMAPS.get(colormap, cv2.COLORMAP_JET), image_weight=1.0 - opacity)

@@ -1,7 +1,10 @@
 """Out-of-distribution ("outside intended use") detection.
 
-Two layers, cheapest first:
+Three layers, cheapest first:
   * image gates: a blank frame or a clearly coloured image is not a brain MRI slice;
+  * a CT gate (:func:`ct_gate`): a brain CT slice shows a closed, thick skull ring at the very top of the
+    intensity range around a flat mid-grey brain, with no dark band between ring and brain (on MRI the
+    cortical bone is dark, and the bright ring, where there is one, is scalp fat with dark bone inside it);
   * feature distance: the Mahalanobis distance (Lee et al., 2018) of the penultimate
     features to the nearest class mean, with one shared covariance fitted on the
     training set. The threshold is a high percentile of the validation scores, so
@@ -9,8 +12,9 @@ Two layers, cheapest first:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -61,3 +65,120 @@ def image_gate(colourfulness: float, blank: bool) -> str | None:
     if colourfulness > COLOUR_LIMIT:
         return f"colour image (chroma {colourfulness:.2f}): MRI slices are greyscale"
     return None
+
+
+# --- CT gate ------------------------------------------------------------------------------------------------
+# Measured on the preprocessed head crop (``Preprocessed.image``: the model's input before standardisation,
+# intensity window min .. 99.5th percentile inside the head). Bone on a brain-windowed CT is far above that
+# window, so the whole skull lands at the top of it.
+CT_BRIGHT = 230  # "top of the window" on the 0..255 scale of the crop
+CT_RAYS = 90
+# The rule (all five must hold). How the cut-offs were chosen, and what they catch and miss, is measured
+# by ``python -m tools.ct_audit`` into reports/kaggle_ct_audit.json: each cut-off is the range of the CT
+# slices found in Kaggle Training rounded outward (0.05 steps; 0.01 for the thickness), except the ring
+# closure, tightened to the loosest 0.05 step that flags no Kaggle Training MRI slice.
+CT_RULE = {
+    # share of the rays from the head's centre whose outer quarter holds a top-of-window pixel: a closed ring
+    "ring_closure": (">=", 0.70),
+    # median share of a ray's length that is top-of-window in that outer quarter: a thick ring
+    "ring_thickness": (">=", 0.04),
+    # darkest pixel in the 10 % of the ray just inside the ring / brain median: no dark (bone) band inside it
+    "below_ring": (">=", 0.75),
+    # share of the brain (the head's inner part) at the top of the window: the ring is the brightest thing
+    "bright_brain": ("<=", 0.10),
+    # brain median as a share of the window: a mid-grey brain under a saturated skull
+    "brain_level": ("<=", 0.50),
+}
+CT_REASON = "looks like a CT slice (bright skull ring): the model is for MRI"
+
+
+@dataclass(frozen=True)
+class SkullRing:
+    """The CT gate's five measures of one head crop (see :data:`CT_RULE`)."""
+
+    ring_closure: float = 0.0
+    ring_thickness: float = 0.0
+    below_ring: float = 0.0
+    bright_brain: float = 1.0
+    brain_level: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def margin(self) -> float:
+        """How far inside the CT rule the weakest measure is: >= 1 means every cut-off holds (``ct_gate`` fires).
+
+        A continuous CT-likeness score for ranking and ROC curves: min over the measures of value / cut-off
+        (">=" rules) or cut-off / value ("<=" rules, capped at 10).
+        """
+        ratios = []
+        for name, (op, cut) in CT_RULE.items():
+            v = float(getattr(self, name))
+            ratios.append(v / cut if op == ">=" else min(10.0, cut / max(v, 1e-6)))
+        return float(min(ratios))
+
+
+def _filled_head(u8: np.ndarray) -> np.ndarray | None:
+    """uint8 0/1 mask of the largest bright blob with its holes filled, or None."""
+    blur = cv2.GaussianBlur(u8, (5, 5), 0)
+    thr, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = (blur > max(thr * 0.5, 10)).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, 8)
+    if n < 2:
+        return None
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    contours, _ = cv2.findContours((lab == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(u8)
+    cv2.drawContours(filled, contours, -1, 1, -1)
+    return filled
+
+
+def skull_ring(image01: np.ndarray) -> SkullRing:
+    """The CT gate's measures of a preprocessed head crop: float (S, S) in [0, 1] (or its uint8 copy).
+
+    Rays are cast from the head's centroid (a polar resampling with :data:`CT_RAYS` angles); each ray ends
+    at the head's edge, and its outer quarter is where a skull ring would be. About 2-3 ms at 160 px.
+    """
+    img = np.asarray(image01)
+    u8 = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    head = _filled_head(u8)
+    if head is None:
+        return SkullRing()
+    dist = cv2.distanceTransform(head, cv2.DIST_L2, 5)
+    if dist.max() < 5:
+        return SkullRing()
+    brain = u8[dist > 0.3 * dist.max()]
+    level = max(float(np.median(brain)), 1.0)
+    bright_brain, brain_level = float((brain >= CT_BRIGHT).mean()), level / 255
+    ys, xs = np.nonzero(head)
+    centre = (float(xs.mean()), float(ys.mean()))
+    n_r = u8.shape[0]
+    max_r = float(np.hypot(*u8.shape)) / 2
+    polar = cv2.warpPolar(u8, (n_r, CT_RAYS), centre, max_r,
+                          cv2.WARP_POLAR_LINEAR + cv2.INTER_LINEAR + cv2.WARP_FILL_OUTLIERS).astype(np.float32)
+    inside = cv2.warpPolar(head * 255, (n_r, CT_RAYS), centre, max_r,
+                           cv2.WARP_POLAR_LINEAR + cv2.INTER_NEAREST + cv2.WARP_FILL_OUTLIERS) > 0
+    r = np.arange(n_r)[None, :]
+    edge = np.where((~inside).any(1), (~inside).argmax(1), n_r) - 1  # last head sample before the first gap
+    valid = edge >= 10
+    if not valid.any():
+        return SkullRing(bright_brain=bright_brain, brain_level=brain_level)
+    e = edge[:, None].astype(np.float32)
+    bright = (polar >= CT_BRIGHT) & (r >= 0.75 * e) & (r <= e)
+    has = bright.any(1) & valid
+    closure = float(has.sum() / valid.sum())
+    thickness = below = 0.0
+    if has.any():
+        thickness = float(np.median(bright[has].sum(1) / edge[has]))
+        r_in = np.where(bright, r, n_r).min(1)  # innermost top-of-window sample of each ray's outer quarter
+        band = (r < r_in[:, None]) & (r >= r_in[:, None] - 0.1 * e)
+        lows = np.where(band, polar, np.inf).min(1)
+        ok = has & np.isfinite(lows)
+        if ok.any():
+            below = float(np.median(lows[ok]) / level)
+    return SkullRing(closure, thickness, below, bright_brain, brain_level)
+
+
+def ct_gate(image01: np.ndarray) -> str | None:
+    """:data:`CT_REASON` when a preprocessed head crop looks like a brain CT slice, else None."""
+    return CT_REASON if skull_ring(image01).margin() >= 1.0 else None

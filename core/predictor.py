@@ -17,7 +17,7 @@ import torch
 
 from core.checkpoint import DEFAULT_MODEL_DIR, ModelBundle
 from core.device import autocast_dtype
-from core.ood import image_gate
+from core.ood import ct_gate, image_gate
 from core.preprocess import Preprocessed, preprocess, to_model_tensor
 from core.quantize import CALIBRATION_FILE, FeaturesAndLogits, int8_supported, load_calibration, quantize
 from core.tta import check_tta, with_tta
@@ -228,7 +228,7 @@ class Predictor:
         for item, p, s, lg in zip(items, probs, scores, logits):
             k = int(p.argmax())
             decoded = item.decoded
-            reason = image_gate(decoded.colourfulness if decoded else 0.0, item.blank)
+            reason = image_gate(decoded.colourfulness if decoded else 0.0, item.blank) or ct_gate(item.image)
             if reason is None and s > threshold:
                 reason = f"image features are unlike the training MRI slices (score {s:.0f} > {threshold:.0f})"
             out.append(Prediction(

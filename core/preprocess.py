@@ -85,6 +85,8 @@ class Preprocessed:
     blank: bool
     crop_found: bool
     decoded: DecodedImage | None = field(default=None, repr=False)
+    # Step 2's intensity window (lo, hi) in the decoded image's [0, 1] units: the contrast the model saw.
+    window: tuple[float, float] = (0.0, 1.0)
 
     def tensor(self, spec: PreprocessSpec) -> torch.Tensor:
         """Standardised model input, float32 of shape (channels, S, S)."""
@@ -121,7 +123,16 @@ def _otsu(norm01: np.ndarray, gamma: float = 1.0) -> tuple[float, np.ndarray]:
 
 def find_head_box(norm01: np.ndarray, min_fraction: float,
                   method: str = "otsu") -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1) of the largest bright blob, or None if implausible.
+    """Bounding box (x0, y0, x1, y1) of :func:`find_head_contour`'s blob, or None if implausible."""
+    contour = find_head_contour(norm01, min_fraction, method)
+    if contour is None:
+        return None
+    x, y, w, h = cv2.boundingRect(contour)
+    return x, y, x + w, y + h
+
+
+def find_head_contour(norm01: np.ndarray, min_fraction: float, method: str = "otsu") -> np.ndarray | None:
+    """Outer contour (OpenCV int32 (K, 1, 2) points) of the largest bright blob, or None if implausible.
 
     Args:
         norm01: float32 (H, W) in [0, 1].
@@ -147,10 +158,10 @@ def find_head_box(norm01: np.ndarray, min_fraction: float,
     if not contours:
         return None
     largest = max(contours, key=cv2.contourArea)
-    x, y, w, h = cv2.boundingRect(largest)
+    _, _, w, h = cv2.boundingRect(largest)
     if w * h < min_fraction * norm01.size:
         return None
-    return x, y, x + w, y + h
+    return largest
 
 
 def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preprocessed:
@@ -189,7 +200,48 @@ def preprocess_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> Preproces
     interp = cv2.INTER_AREA if side > s else cv2.INTER_LINEAR
     resized = cv2.resize(square, (s, s), interpolation=interp)
     return Preprocessed(np.clip(resized, 0, 1).astype(np.float32), (x0, y0, x1, y1), side, (left, top),
-                        (w, h), blank, box is not None, decoded)
+                        (w, h), blank, box is not None, decoded, (float(lo), float(hi)))
+
+
+def analysed_view(pre: Preprocessed) -> np.ndarray:
+    """The whole original image with the contrast the model saw (step 2's window): float32 (H, W) in [0, 1].
+
+    Why: a 12-bit scan stored in a 16-bit PNG decodes to [0, 0.06] and displays almost black, while the model
+    sees it stretched; the reader must see what was analysed.
+    """
+    pix = pre.decoded.pixels if pre.decoded is not None else np.zeros(pre.original_size[::-1], np.float32)
+    lo, hi = pre.window
+    if pre.blank or hi - lo < 1e-6:
+        return np.zeros_like(pix, dtype=np.float32)
+    return np.clip((pix - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def head_mask(pre: Preprocessed, spec: PreprocessSpec) -> np.ndarray:
+    """The head as a filled mask in the original frame: bool (H, W). Grown by the crop margin so the scalp
+    stays in; the whole crop box when no head was found. Used to keep heatmaps off the background."""
+    w, h = pre.original_size
+    x0, y0, x1, y1 = pre.crop_box
+    mask = np.zeros((h, w), np.uint8)
+    contour, small = None, None
+    if pre.crop_found and not pre.blank and pre.decoded is not None:
+        pix = pre.decoded.pixels  # the head search's own input: the <=256 px copy under the whole-image window
+        scale = min(1.0, 256.0 / max(h, w))
+        small = cv2.resize(pix, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else pix
+        lo, hi = _intensity_window(small, spec.intensity_percentile)
+        contour = find_head_contour(np.clip((small - lo) / max(hi - lo, 1e-6), 0.0, 1.0), spec.min_head_fraction,
+                                    spec.head_search)
+    if contour is None:
+        mask[y0:y1, x0:x1] = 1
+        return mask.astype(bool)
+    small_mask = np.zeros(small.shape, np.uint8)
+    cv2.drawContours(small_mask, [contour], -1, 1, thickness=cv2.FILLED)
+    grow = max(1, int(round(spec.crop_margin * max(small.shape))))
+    small_mask = cv2.dilate(small_mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    mask = cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = mask[y0:y1, x0:x1] > 0  # never outside the crop the model saw
+    return out
 
 
 def preprocess(source: ImageSource | DecodedImage, spec: PreprocessSpec,

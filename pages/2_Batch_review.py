@@ -1,29 +1,34 @@
 """Batch review: a server folder (inside the allowed roots) or a multi-file upload, streamed through core."""
 from __future__ import annotations
 
-import time
+import shutil
 
 import streamlit as st
 
-from core.batch import csv_columns
-from core.cam import CAM_METHODS, COLORMAPS
+from core.cam import CAM_METHOD_NAMES, CAM_METHODS, COLORMAPS
 from core.files import PathNotAllowedError, count_image_files, resolve_within
 from core.metrics import OTHER_LESION, no_finding_classes
 from ui import charts, state, views
-from ui.batch_job import (CANCELLED, DONE, FAILED, BatchJob, display_frame, filter_frame, format_seconds,
-                          save_uploads, with_threshold)
+from ui.batch_job import (CANCELLED, DONE, FAILED, STOP_WAIT_S, BatchJob, BatchLimitError, active_jobs,
+                          display_frame, export_csv, filter_frame, format_seconds, save_uploads, with_threshold)
+from ui.charts import format_confidence
 
 FOLDER, UPLOAD = "Folder on the server", "Upload files"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "tif", "tiff", "bmp"]
+PROGRESS_POLL_S = 1.0  # how often the progress panel of a running review refreshes itself
 
 ctx = state.current()
 st.title("Batch review")
-st.caption("Review a whole folder of slices. Files stream through the model; a file that cannot be read "
-           "becomes an error row and never stops the run.")
+st.caption("Review a whole folder of slices. Files stream through the model in the background: you can use "
+           "the other pages meanwhile, and the sidebar shows the progress. A file that cannot be read becomes an "
+           "error row and never stops the run.")
 job: BatchJob | None = st.session_state.get(state.BATCH_KEY)
-if job is not None and job.running and st.session_state.get("batch_stop"):  # Stop was pressed: this run
-    job.cancel(wait=30)  # waits for the row in flight, so the count shown is final
 busy = job is not None and job.running
+
+
+def limit_message() -> str:
+    return (f"**The server is already running {active_jobs()} batch review(s), its limit** (`max_batch_jobs` = "
+            f"{ctx.config.max_batch_jobs} in the app config). Start again when one has finished.")
 
 
 # -- input --------------------------------------------------------------------------------------
@@ -53,6 +58,9 @@ def new_job() -> BatchJob | None:
                             disabled=busy, help="Stop the running review first." if busy else None)
         if not clicked or busy:
             return None
+    if active_jobs() >= ctx.config.max_batch_jobs:  # checked before the old results are discarded
+        st.error(limit_message(), icon=":material/hourglass_top:")
+        return None
     if mode == FOLDER:
         if not (folder or "").strip():
             st.error("Enter a folder path first.", icon=":material/folder_off:")
@@ -76,37 +84,57 @@ def new_job() -> BatchJob | None:
         upload_dir = root = save_uploads(files)
         label = f"{len(files)} uploaded file(s)"
     if job is not None:
-        job.discard()
+        job.discard()  # one review per session: a new one replaces the last (and its uploaded files)
     try:
-        return BatchJob.start(ctx.predictor, root, label=label, audit=ctx.audit,
-                              uncertain_below=ctx.uncertain_below, upload_dir=upload_dir)
+        return BatchJob.start(ctx.predictor, root, label=label, audit=ctx.audit, uncertain_below=ctx.uncertain_below,
+                              upload_dir=upload_dir, max_jobs=ctx.config.max_batch_jobs)
+    except BatchLimitError:  # another session started one since the check above
+        st.error(limit_message(), icon=":material/hourglass_top:")
     except (OSError, ValueError) as exc:
         st.error(f"The review could not start: {exc}")
-        return None
+    if upload_dir is not None:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+    return None
 
 
 started = new_job()
 if started is not None:
-    job = st.session_state[state.BATCH_KEY] = started
-    busy = True
+    st.session_state[state.BATCH_KEY] = started
+    st.rerun()  # redraw from the top: the sidebar line and the disabled Start button see the running review
 
-# -- processing (continues across reruns; Stop keeps finished rows) -------------------------------
-if job is not None and job.running:
-    panel = st.empty()
-    with panel.container(border=True):
+
+# -- progress (the review runs in a worker thread; this panel polls it) ---------------------------
+def stop_review() -> None:
+    """Stop button: waits for the chunk in flight, so the count shown next is final; finished rows are kept."""
+    running: BatchJob | None = st.session_state.get(state.BATCH_KEY)
+    if running is not None:
+        running.cancel(wait=STOP_WAIT_S)
+
+
+@st.fragment(run_every=PROGRESS_POLL_S)
+def progress_panel(shown_rows: int) -> None:
+    """Progress of the running review, redrawn every second without rerunning (or blocking) the page;
+    ``shown_rows``: how many rows the page below was drawn with."""
+    running: BatchJob | None = st.session_state.get(state.BATCH_KEY)
+    if running is None or not running.running:
+        st.rerun()  # finished: redraw the whole page with the final status and every row
+    if shown_rows == 0 and running.done:
+        st.rerun()  # the first rows are in: draw the table, so the reader can start while the review goes on
+    with st.container(border=True):
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
-        c1.markdown(f":material/progress_activity: **Reviewing** `{job.label}`")
-        c2.button("Stop", icon=":material/stop_circle:", key="batch_stop", width="stretch")  # handled at the top
-        bar = st.progress(job.fraction, text=job.progress_text())
-        last = 0.0
-        while job.running:
-            job.step()
-            now = time.monotonic()
-            if now - last > 0.2 or not job.running:
-                bar.progress(job.fraction, text=job.progress_text())
-                last = now
-    panel.empty()
-    state.show_audit_count(ctx)
+        c1.markdown(f":material/progress_activity: **{'Stopping' if running.stopping else 'Reviewing'}** "
+                    f"`{running.label}`")
+        c2.button("Stop", icon=":material/stop_circle:", key="batch_stop", width="stretch", on_click=stop_review,
+                  disabled=running.stopping)
+        st.progress(running.fraction, text=running.progress_text())
+        st.caption(f":material/info: The review continues on the server while you use other pages. The results "
+                   f"below are the {shown_rows:,} rows finished when this page was drawn; they refresh when the "
+                   "review ends or you change a filter.")
+
+
+frame = job.frame() if job is not None else None  # one snapshot of the rows for this whole run
+if job is not None and job.running:
+    progress_panel(len(frame))
 
 if job is None:
     st.info("Choose a folder or upload files, then press **Start review**.", icon=":material/info:")
@@ -114,27 +142,29 @@ if job is None:
 
 # -- status ---------------------------------------------------------------------------------------
 if job.status == DONE:
-    st.success(f"Reviewed **{job.done:,}** files from `{job.label}` in {format_seconds(job.active_seconds)} "
+    st.success(f"Reviewed **{job.done:,}** files from `{job.label}` in {format_seconds(job.elapsed_seconds)} "
                f"({job.n_errors} unreadable).", icon=":material/task_alt:")
 elif job.status == CANCELLED:
     st.warning(f"Stopped after **{job.done:,}** of {job.total:,} files; the finished rows are kept below.",
                icon=":material/stop_circle:")
 elif job.status == FAILED:
     st.error(f"The review stopped after {job.done:,} files: {job.error}. Finished rows are kept below.")
-if job.skipped:
-    with st.expander(f"{len(job.skipped)} path(s) skipped while walking the folder"):
-        st.dataframe({"path": [p for p, _ in job.skipped], "reason": [r for _, r in job.skipped]}, hide_index=True)
-if not job.rows:
+skipped = list(job.skipped)  # the worker may still append to it
+if skipped:
+    with st.expander(f"{len(skipped)} path(s) skipped while walking the folder"):
+        st.dataframe({"path": [p for p, _ in skipped], "reason": [r for _, r in skipped]}, hide_index=True)
+if not len(frame):
     st.info("No results yet.")
     st.stop()
 
 # -- filters + summary ------------------------------------------------------------------------------
 names = job.class_names
-labelled = job.labelled
-df = with_threshold(job.frame(), ctx.uncertain_below)
+df = with_threshold(frame, ctx.uncertain_below)
+labelled = bool((df["true_label"] != "").any())
 with st.container(border=True):
-    f1, f2, f3 = st.columns([2, 2, 2.2])
-    classes = f1.multiselect("Predicted class", names, default=names, key="flt_classes")
+    f1, f2, f3 = st.columns([2.4, 1.8, 2])
+    # Pills wrap onto a second line instead of hiding a class behind "+1", as multiselect chips did.
+    classes = f1.pills("Predicted class", names, selection_mode="multi", default=names, key="flt_classes") or []
     conf = f2.slider("Confidence range", 0.0, 1.0, (0.0, 1.0), 0.01, key="flt_conf")
     with f3:
         flagged = st.checkbox("Flagged only (out-of-distribution or uncertain)", key="flt_flagged")
@@ -147,12 +177,19 @@ view = filter_frame(df, classes=classes, confidence=tuple(conf), flagged_only=fl
 m = st.columns(5 if labelled else 4)
 m[0].metric("Files shown", f"{len(view):,}", help=f"{len(df):,} in this review")
 m[1].metric("Out-of-distribution", f"{int(view['ood'].sum()):,}")
-m[2].metric(f"Uncertain (< {ctx.uncertain_below:.0%})", f"{int(view['uncertain'].sum()):,}")
+m[2].metric(f"Uncertain (< {format_confidence(ctx.uncertain_below)})", f"{int(view['uncertain'].sum()):,}")
 m[3].metric("Unreadable", f"{int((view['error'] != '').sum()):,}")
 if labelled:
     judged = view["correct"].dropna()
-    m[4].metric("Accuracy (labelled rows)", f"{judged.mean():.1%}" if len(judged) else "–",
-                help=f"{int(judged.sum())} right of {len(judged)} with a class folder")
+    if job.partial:
+        # A labelled tree is read class folder by class folder: part of it covers only the first classes.
+        m[4].metric("Accuracy (labelled rows)", "–",
+                    help="Not shown for a partial run: the folder is read class by class, so the rows done so "
+                         "far would give a biased figure.")
+        m[4].caption(f"partial run: {len(df):,} of {job.total:,} files")
+    else:
+        m[4].metric("Accuracy (labelled rows)", f"{judged.mean():.1%}" if len(judged) else "–",
+                    help=f"{int(judged.sum())} right of {len(judged)} with a class folder")
 negatives = no_finding_classes(names)
 if negatives and view["predicted"].isin(negatives).any():
     st.caption(":material/visibility_off: **\"No tumour\" rows are not negative reads.** The model can miss a "
@@ -180,37 +217,45 @@ column_config = {
     "error": st.column_config.TextColumn("error", width="large"),
     "ood_reason": st.column_config.TextColumn("OOD reason"),
 }
-column_config.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in names})
+column_config.update({f"p_{c}": st.column_config.TextColumn(f"p({c})") for c in names})  # text: "–" if none
+job.view_paths = table["path"].tolist()  # previous / next scan from the single-scan view follow this order
 selection = st.dataframe(table, key="batch_table", on_select="rerun", selection_mode="single-row", hide_index=True,
                          column_config=column_config, height=min(560, 38 + 35 * max(1, len(table))))
 picked = selection.selection.rows if selection is not None else []
-s1, s2, s3 = st.columns([2, 1, 1])
-if picked and picked[0] < len(table):
+if picked and picked[0] < len(table):  # one click: choosing a row opens it
     rel = table.iloc[picked[0]]["path"]
-    if s1.button(f"Open {rel} in Single scan", icon=":material/open_in_new:", key="batch_open_selected"):
-        state.open_in_single_scan(job.abs_path(rel), rel)
-else:
-    s1.caption("Select a row (left edge of the table) to open it in the single-scan view.")
-export_cols = csv_columns(names)
-# CSVs are built only when a button is pressed (callables), not on every rerun
-s2.download_button("CSV (shown rows)", lambda: view[export_cols].to_csv(index=False), "batch_results_filtered.csv",
+    state.open_in_single_scan(job.abs_path(rel), rel)
+s1, s2, s3 = st.columns([2, 1, 1])
+s1.caption(":material/open_in_new: Click a row's left edge to open it in the single-scan view.")
+shown_paths, threshold = table["path"].tolist(), ctx.uncertain_below
+# CSVs are built only when a button is pressed (callables), not on every rerun; each reads the rows at that
+# moment, so heatmap peaks recorded by the gallery below are in it.
+s2.download_button("CSV (shown rows)", lambda: export_csv(job, threshold, shown_paths), "batch_results_filtered.csv",
                    "text/csv", on_click="ignore", icon=":material/download:", width="stretch", key="csv_shown")
-s3.download_button("CSV (all rows)", lambda: df[export_cols].to_csv(index=False), "batch_results.csv", "text/csv",
+s3.download_button("CSV (all rows)", lambda: export_csv(job, threshold), "batch_results.csv", "text/csv",
                    on_click="ignore", icon=":material/download:", width="stretch", key="csv_all")
+st.caption("The CSV names the model (name, version, SHA-256) and the uncertainty threshold of its `uncertain` "
+           "column. `cam_method` and `cam_peak_x`/`cam_peak_y` (the heatmap's peak for the predicted class, as "
+           "fractions of the original image's width and height) are filled only for rows whose heatmap was "
+           "computed: the gallery pages shown below with *Heatmaps* on.")
+
 
 # -- gallery ----------------------------------------------------------------------------------------
 st.subheader("Gallery")
 g1, g2, g3, g4 = st.columns([1, 1.2, 1, 1])
 show_cam = g1.toggle("Heatmaps", value=True, key="gal_cam", help="Grad-CAM overlays, computed for the shown page only.")
-method = g2.selectbox("CAM method", list(CAM_METHODS), key="gal_method", disabled=not show_cam)
+method = g2.selectbox("CAM method", list(CAM_METHODS), key="gal_method", disabled=not show_cam,
+                      format_func=lambda m: CAM_METHOD_NAMES.get(m, m))
 opacity = g3.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="gal_opacity", disabled=not show_cam)
 cmap = g4.selectbox("Colour map", list(COLORMAPS), key="gal_cmap", disabled=not show_cam)
 start, stop = views.pager(len(view), ctx.config.gallery_page_size, key="gal_page")
 page_rows = view.iloc[start:stop]
 if len(page_rows):
     with st.spinner("Rendering thumbnails…"):
-        images = views.thumbnails(ctx.predictor, [job.abs_path(p) for p in page_rows["path"]],
-                                  method if show_cam else None, opacity, cmap)
+        images, peaks = views.thumbnails_with_peaks(ctx.predictor, [job.abs_path(p) for p in page_rows["path"]],
+                                                    method if show_cam else None, opacity, cmap)
+    if show_cam:  # the CSV downloads carry the heatmaps computed here
+        job.record_cams(method, dict(zip(page_rows["path"], peaks)))
     items = []
     for _, r in page_rows.iterrows():
         if r["error"]:
@@ -220,7 +265,7 @@ if len(page_rows):
             truth = ""
             if r["true_label"]:
                 truth = f" · true {r['true_label']} " + (":green[✓]" if r["correct"] is True else ":red[✗]")
-            cap = f"**{r['predicted']}** {r['confidence']:.0%}{truth}{flags}"
+            cap = f"**{r['predicted']}** {format_confidence(r['confidence'])}{truth}{flags}"
         items.append({"title": r["path"], "caption": cap})
     views.gallery(items, images, key="gal",
                   on_open=lambda item: state.open_in_single_scan(job.abs_path(item["title"]), item["title"]))

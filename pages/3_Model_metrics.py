@@ -2,6 +2,7 @@
 model card, re-evaluation and the audit trail."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,8 @@ from core.checkpoint import AUDIT_FILE, METRICS_FILE
 from core.evaluate import metrics_for_run, run_labelled
 from core.files import PathNotAllowedError, resolve_within
 from core.targets import evaluate_targets
-from ui import charts, state, views
+from ui import charts, feedback, state, views
+from ui.charts import format_confidence
 
 TABS = ["By source", "Set details", "Targets", "Stress test", "Data audit", "Misclassified", "Model card",
         "Re-evaluate", "Audit trail"]
@@ -52,6 +54,17 @@ def shift_report(name: str = SHIFT_REPORT_NAME) -> dict | None:
         if report is not None and report.get("model") == ctx.predictor.bundle.identity:
             return report
     return None
+
+
+def data_label(text: str | None) -> str:
+    """A report's data folder without another machine's absolute path: each absolute path in ``text`` is cut
+    to its last two parts (``/work/shared/data/brain-tumor-mri/Testing`` -> ``brain-tumor-mri/Testing``)."""
+    def short(match: re.Match) -> str:
+        parts = [p for p in re.split(r"[\\/]+", match.group(0)) if p]
+        return "/".join(parts[-2:])
+
+    # An absolute path starts the text or follows a space or "(" (relative ones are left as they are).
+    return re.sub(r"(?<![^\s(])(?:[A-Za-z]:)?[\\/][^\s()]*", short, str(text or "?"))
 
 
 tabs = dict(zip(TABS, st.tabs(TABS, key="metrics_tab", on_change="rerun")))
@@ -116,27 +129,31 @@ if tab_open("Stress test"):
             shifts = report.get("shifts", {})
             ref = shifts.get("none", {}).get("accuracy")
             st.markdown("How accuracy moves when **every** image of a labelled folder is changed in one way that scans "
-                        f"from other sites differ by (folder `{report.get('data')}`). A large drop means: check a local "
-                        "sample before relying on the figures above. Models are selected on the validation split, "
-                        "never on this table.")
+                        f"from other sites differ by (folder `{data_label(report.get('data'))}`). A large drop means: "
+                        "check a local sample before relying on the figures above. Models are selected on the "
+                        "validation split, never on this table.")
             st.dataframe(pd.DataFrame([{"change": r.get("description", k), "images": r.get("n"),
                                         "accuracy": r.get("accuracy"),
-                                        "Δ accuracy": None if ref is None or k == "none" else r["accuracy"] - ref,
+                                        # text: the reference row says so instead of an empty "None"
+                                        "Δ accuracy": "reference" if k == "none" else (
+                                            "–" if ref is None or r.get("accuracy") is None
+                                            else f"{r['accuracy'] - ref:+.3f}"),
                                         "macro-F1": r.get("macro_f1"),
                                         "tumour sensitivity": r.get("tumour_sensitivity"),
                                         "flagged": r.get("ood_flagged_rate")}
                                        for k, r in shifts.items()]),
                          hide_index=True, width="stretch", key="shift_eval", column_config={
                              "accuracy": st.column_config.NumberColumn(format="percent"),
-                             "Δ accuracy": st.column_config.NumberColumn(format="%+.3f"),
+                             "Δ accuracy": st.column_config.TextColumn(
+                                 help="Accuracy minus that of the images as stored (the reference row)."),
                              "macro-F1": st.column_config.NumberColumn(format="%.3f"),
                              "tumour sensitivity": st.column_config.NumberColumn(format="%.3f"),
                              "flagged": st.column_config.NumberColumn("flagged outside intended use",
                                                                       format="percent")})
         by_seq = shift_report(SEQUENCE_SHIFT_REPORT_NAME)
         if by_seq is not None:
-            st.markdown(f"**By sequence** on `{by_seq.get('data')}`: tumour sensitivity per MRI sequence under each "
-                        "change.")
+            st.markdown(f"**By sequence** on `{data_label(by_seq.get('data'))}`: tumour sensitivity per MRI sequence "
+                        "under each change.")
             rows = [{"change": r.get("description", k), "sequence": q, "images": f.get("n"),
                      "tumour sensitivity": f.get("tumour_sensitivity"), "specificity": f.get("specificity")}
                     for k, r in by_seq.get("shifts", {}).items() for q, f in (r.get("by_sequence") or {}).items()]
@@ -191,8 +208,10 @@ if tab_open("Misclassified"):
                 with st.spinner("Rendering thumbnails…"):
                     images = views.thumbnails(ctx.predictor, paths, "gradcam" if show_cam else None)
                 items = [{"title": r["file"], "caption": f"true **{r['true']}** → :red[**{r['predicted']}**] "
-                                                          f"{float(r['confidence']):.0%}"} for r in shown]
-                views.gallery(items, images, key="mis")
+                                                          f"{format_confidence(float(r['confidence']))}",
+                          "path": path, "openable": path.is_file()} for r, path in zip(shown, paths)]
+                views.gallery(items, images, key="mis", open_label="Open in Single scan",
+                              on_open=lambda item: state.open_in_single_scan(item["path"], item["title"]))
 
 if tab_open("Model card"):
     with tabs["Model card"]:
@@ -258,10 +277,14 @@ if tab_open("Audit trail"):
         else:
             total = ctx.audit.count()
             st.markdown(f"Every prediction made in the dashboard (single scans and batch rows) is appended to "
-                        f"`{ctx.config.audit_path}`: time, file SHA-256, model SHA-256, result and flags. "
-                        f"No images and no patient tags are stored. **{total:,}** records.")
+                        f"`{ctx.config.audit_path}`: time, file SHA-256, model SHA-256, result and flags, and the "
+                        f"readers' feedback on them. No images and no patient tags are stored. **{total:,}** records.")
+            feedback.feedback_summary_view(ctx.audit)
+            st.markdown("**Recent predictions** (newest first)")
             recent = pd.DataFrame(ctx.audit.recent(200))
             if len(recent):
                 st.dataframe(recent, hide_index=True, width="stretch", key="audit_recent")
             st.download_button("Export audit trail (CSV)", ctx.audit.export_csv, "audit_trail.csv", "text/csv",
-                               on_click="ignore", icon=":material/download:", key="audit_export")
+                               on_click="ignore", icon=":material/download:", key="audit_export",
+                               help="Every prediction, with the newest reader feedback on each (feedback_verdict, "
+                                    "feedback_class, feedback_note, feedback_time).")

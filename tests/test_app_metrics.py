@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -150,13 +151,35 @@ def test_stress_test_tab_shows_the_report_only_for_the_loaded_model(tiny_bundle_
     card = json.loads((app_env.weights / "model_card.json").read_text())
     shifts = {k: {"description": d, "n": 10, "unreadable": 0, "accuracy": 0.9 if k == "none" else 0.8,
                   "macro_f1": 0.8, "ood_flagged_rate": 0.1} for k, (d, _) in shift_eval.SHIFTS.items()}
-    report = {"model": model_identity(card), "data": "Testing", "shifts": shifts}
+    report = {"model": model_identity(card), "data": "/home/someone/other-machine/brain-tumor-mri/Testing",
+              "shifts": shifts}
     (app_env.weights / "shift_eval.json").write_text(json.dumps(report))
     at = metrics_page("Stress test")
     table = at.dataframe[-1].value
-    assert len(table) == len(shift_eval.SHIFTS) and table["Δ accuracy"].iloc[1] == pytest.approx(-0.1)
+    assert len(table) == len(shift_eval.SHIFTS) and table["Δ accuracy"].iloc[1] == "-0.100"
+    assert table["Δ accuracy"].iloc[0] == "reference" and table["Δ accuracy"].notna().all()  # never "None"
+    text = all_text(at)
+    assert "`brain-tumor-mri/Testing`" in text and "/home/someone" not in text  # no other machine's path
     assert not at.error
     # Same weights re-fitted under another test-time augmentation (train.py --epochs 0): not this report's model.
     card["inference"] = {"tta": "hflip"}
     (app_env.weights / "model_card.json").write_text(json.dumps(card))
     assert "no stress-test report for this model" in all_text(metrics_page("Stress test")).lower()
+
+
+def test_misclassified_images_open_in_single_scan(app_env):
+    """Each misclassified image whose file is on this machine has an "Open in Single scan" button."""
+    at = metrics_page("Misclassified")
+    buttons = [b for b in at.button if b.key and b.key.startswith("mis_open_")]
+    assert buttons and all(b.label == "Open in Single scan" for b in buttons)
+    first = buttons[0]
+    name = first.key[len("mis_open_"):]
+    first.click().run()
+    assert not at.exception and at.title[0].value == "Single scan"
+    selected = at.session_state["selected_file"]
+    assert selected["label"] == name and Path(selected["path"]).is_file()
+    # the single-scan page analyses that file although it is not a row of a batch review
+    assert not at.error and at.metric and name in all_text(at)
+    assert "Opened from *Model metrics*" in all_text(at)
+    at.button(key="single_close_opened").click().run()
+    assert "selected_file" not in at.session_state and not at.exception

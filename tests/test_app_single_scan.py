@@ -1,9 +1,14 @@
 """AppTest: the single-scan page (and the shared sidebar / model loading)."""
 from __future__ import annotations
 
+import base64
+import io
+import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, all_text, always_no_tumour_bundle, dicom_bytes, make_app_env, make_labelled_folder, photo_png, scan_png
@@ -20,6 +25,18 @@ def start() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     return at
+
+
+def image_pair_spec(at: AppTest) -> dict:
+    """The plotly figure of the original / heatmap pair."""
+    chart = next(c for c in at.get("plotly_chart") if json.loads(c.proto.spec)["data"][0]["type"] == "image")
+    return json.loads(chart.proto.spec)
+
+
+def shown_image(spec: dict, panel: int) -> np.ndarray:
+    """The pixels of one panel of the pair (0: original, 1: heatmap overlay), as the browser gets them."""
+    uri = spec["data"][panel]["source"]
+    return np.array(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
 
 
 def audit_count(env) -> int:
@@ -52,9 +69,14 @@ def test_upload_gives_prediction_heatmap_and_downloads(app_env):
     predicted = metrics["Predicted class"].split(" ")[0]
     assert predicted in ("glioma", "meningioma", "notumor", "pituitary")
     assert metrics["Calibrated confidence"].endswith("%")
-    assert len(at.image) == 2  # original + Grad-CAM overlay (with the peak ring)
-    assert "heatmap peak" in all_text(at)
-    assert len(at.get("plotly_chart")) == 1  # probabilities for all classes
+    spec = image_pair_spec(at)  # original + Grad-CAM overlay (with the peak ring), one figure
+    assert [t["type"] for t in spec["data"][:2]] == ["image", "image"]
+    # zoom/pan kept in step: the heatmap panel's axes follow the original's
+    assert spec["layout"]["xaxis2"]["matches"] == "x" and spec["layout"]["yaxis2"]["matches"] == "y"
+    bar = spec["data"][2]["marker"]
+    assert bar["showscale"] and (bar["cmin"], bar["cmax"]) == (0, 1)  # the heatmap's colour bar
+    assert "heatmap peak at x=" in all_text(at) and "px of the 192×192 original" in all_text(at)
+    assert len(at.get("plotly_chart")) == 2  # + probabilities for all classes
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Overlay PNG", "Result JSON", "Result CSV"]
     assert audit_count(app_env) == before + 1
@@ -68,22 +90,96 @@ def test_upload_gives_prediction_heatmap_and_downloads(app_env):
     assert audit_count(app_env) == before + 1
 
 
+def test_explain_class_matches_the_heatmap_and_resets_for_a_new_scan(app_env):
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    predicted = at.metric[0].value.split(" ")[0]
+    assert at.selectbox(key="cam_target").value == -1  # the "predicted" option, never "Choose an option"
+    assert at.selectbox(key="cam_target").options[0] == f"predicted ({predicted})"
+    assert f"evidence for **{predicted}**" in all_text(at)
+    other = next(i for i, c in enumerate(("glioma", "meningioma", "notumor", "pituitary")) if c != predicted)
+    at.selectbox(key="cam_target").set_value(other).run()
+    at.file_uploader(key="single_upload").set_value(("other.png", scan_png(seed=5, label=3), "image/png")).run()
+    assert not at.exception and not at.error
+    new_predicted = at.metric[0].value.split(" ")[0]
+    assert at.selectbox(key="cam_target").value == -1  # back to "predicted" for the new scan
+    assert f"evidence for **{new_predicted}**" in all_text(at)
+    assert image_pair_spec(at)["layout"]["annotations"][1]["text"].endswith(new_predicted)
+
+
+def test_low_range_16_bit_png_is_shown_as_analysed_with_window_level(app_env):
+    """12-bit data in a 16-bit PNG decodes to [0, 0.06]: it must not display almost black."""
+    from core.synthetic import fake_scan
+
+    twelve_bit = fake_scan(np.random.default_rng(4), 192, 0).astype(np.uint16) * 8  # 0..2040
+    twelve_bit[90:92, 90:93] = 4095  # a few hot pixels above the 99.5th percentile the model's window ends at
+    buf = io.BytesIO()
+    Image.fromarray(twelve_bit).save(buf, format="PNG")
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("twelve.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    original = shown_image(image_pair_spec(at), 0)
+    assert original.mean() > 40 and original.max() == 255  # as analysed, not the raw 16-bit scale (mean ~3)
+    centre = next(s for s in at.slider if s.label.startswith("Window centre"))
+    width = next(s for s in at.slider if s.label == "Window width")
+    assert width.value < 5000  # starts at the analysed window, in the file's 16-bit grey levels
+    next(b for b in at.button if b.label == "Full range").click().run()
+    assert shown_image(image_pair_spec(at), 0).mean() < original.mean()
+    next(b for b in at.button if b.label == "As analysed").click().run()
+    assert np.abs(shown_image(image_pair_spec(at), 0).astype(int) - original).max() <= 1
+    assert at.metric[0].value  # the prediction is unchanged by the display window
+
+
+def test_reader_feedback_is_stored_beside_the_prediction(app_env):
+    from core.audit_trail import AuditTrail
+    from ui.feedback import form_key
+
+    at = start()
+    at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
+    predicted = at.metric[0].value.split(" ")[0]
+    audit = AuditTrail(app_env.audit_path)
+    logged = audit.recent(1)[0]
+    k = form_key("single_feedback", logged["file_sha256"], logged["model_sha256"])
+    other = next(c for c in ("glioma", "meningioma", "notumor", "pituitary") if c != predicted)
+    at.segmented_control(key=f"{k}_verdict").set_value("disagree").run()
+    at.selectbox(key=f"{k}_class").set_value(other).run()
+    at.text_area(key=f"{k}_note").input("mass in the left temporal lobe").run()
+    at.button(key=f"{k}_save").click().run()
+    assert not at.exception and not at.error
+    row = audit.feedback_for(logged["file_sha256"], logged["model_sha256"])[0]
+    assert (row["prediction_id"], row["verdict"], row["reader_class"], row["predicted"]) == \
+        (logged["id"], "disagree", other, predicted)
+    assert audit.count() == 1  # feedback is not a new prediction
+    assert "feedback_verdict" in audit.export_csv().splitlines()[0]
+
+
 def test_uncertain_state_follows_sidebar_threshold(app_env):
     at = start()
     at.file_uploader(key="single_upload").set_value(("scan.png", scan_png(), "image/png")).run()
     at.sidebar.slider(key="uncertain_below").set_value(1.0).run()
     assert any("Uncertain." in w.value for w in at.warning)
-    assert {m.label: m.value for m in at.metric}["Status"] in ("Uncertain — review", "Outside intended use")
+    assert {m.label: m.value for m in at.metric}["Status"] == "Uncertain (< 100%)"
+    at.sidebar.slider(key="uncertain_below").set_value(0.2).run()
+    assert {m.label: m.value for m in at.metric}["Status"] == "Confident (≥ 20%)"  # the yardstick is shown
     at.sidebar.slider(key="uncertain_below").set_value(0.0).run()
     assert not any("Uncertain." in w.value for w in at.warning)
 
 
-def test_non_mri_picture_gets_out_of_distribution_warning(app_env):
+def test_non_mri_picture_headline_is_outside_intended_use_not_a_class(app_env):
     at = start()
     at.file_uploader(key="single_upload").set_value(("holiday.png", photo_png(), "image/png")).run()
     assert not at.exception
-    assert any("Outside intended use" in w.value for w in at.warning)
-    assert {m.label: m.value for m in at.metric}["Status"] == "Outside intended use"
+    headline = at.error[0].value
+    assert headline.startswith("### Outside intended use") and "Colour image" in headline
+    assert "MRI slices are greyscale. The model" in headline  # the reason ends with a full stop
+    assert not at.metric and not at.get("plotly_chart")  # no class, probabilities or heatmap
+    assert len(at.image) == 1 and "shown in colour" in all_text(at)
+    assert [b.label for b in at.get("download_button")] == ["Result JSON", "Result CSV"]
+    at.toggle[0].set_value(True).run()  # "show anyway": the output, marked as not a reading
+    assert not at.exception
+    assert "Model output, not a reading" in all_text(at)
+    assert image_pair_spec(at) and not at.metric
+    assert len(at.error) == 1  # the headline stays
 
 
 @pytest.mark.parametrize("name,data,expected", [
@@ -106,7 +202,7 @@ def test_dicom_shows_acquisition_tags_and_window_but_never_patient_tags(app_env)
     assert not at.exception and not at.error
     text = all_text(at)
     for shown in ("Modality", "MR", "SeriesDescription", "T1 AX POST", "SliceThickness", "5 mm", "PixelSpacing",
-                  "Window centre", "2000", "DICOM, window 2000 / 4000"):
+                  "Window centre", "2000", "Window width", "4000"):
         assert shown in text, shown
     for hidden in ("Doe", "Jane", "SECRET-ID-123", "General Hospital"):
         assert hidden not in text, hidden
@@ -120,14 +216,17 @@ def test_dicom_window_level_changes_the_display_not_the_prediction(app_env):
     before = (at.metric[0].value, at.metric[1].value)
     centre = next(s for s in at.slider if s.label.startswith("Window centre"))
     width = next(s for s in at.slider if s.label == "Window width")
-    assert (centre.value, width.value) == (2000.0, 4000.0)  # the file's window
+    analysed = (centre.value, width.value)  # starts at what the model saw: inside the file's window
+    assert analysed != (2000.0, 4000.0) and 0 < analysed[1] < 4000
     centre.set_value(800.0).run()
     at.slider(key=width.key).set_value(300.0).run()
     assert not at.exception and not at.error
-    assert "DICOM, window 800 / 300" in all_text(at)
+    assert "window 800 / 300" in all_text(at)
     assert (at.metric[0].value, at.metric[1].value) == before
     next(b for b in at.button if b.label == "File window").click().run()
-    assert "DICOM, window 2000 / 4000" in all_text(at)
+    assert "window 2000 / 4000" in all_text(at)
+    next(b for b in at.button if b.label == "As analysed").click().run()
+    assert f"window {analysed[0]:g} / {analysed[1]:g}" in all_text(at)
 
 
 def test_pick_file_from_last_batch(app_env):
@@ -136,12 +235,19 @@ def test_pick_file_from_last_batch(app_env):
     at.switch_page("pages/2_Batch_review.py").run()
     at.text_input(key="batch_folder").input(str(folder)).run()
     at.button(key="batch_start").click().run()
+    assert at.session_state["batch_job"].wait(TIMEOUT)  # the review runs in the background
     at.switch_page("pages/1_Single_scan.py").run()
     at.segmented_control(key="single_source").set_value("From the last batch review").run()
     at.selectbox(key="single_batch_file").set_value("notumor/notumor_0.png").run()
     assert not at.exception and not at.error
     assert "notumor/notumor_0.png" in all_text(at)
-    assert len(at.image) == 2
+    assert image_pair_spec(at)
+    # previous / next through the batch's files (buttons with the arrow keys as shortcuts)
+    assert "keys ← →" in all_text(at)
+    at.button(key="single_next").click().run()
+    assert at.selectbox(key="single_batch_file").value != "notumor/notumor_0.png" and not at.exception
+    at.button(key="single_prev").click().run()
+    assert at.selectbox(key="single_batch_file").value == "notumor/notumor_0.png"
     at.selectbox(key="single_batch_file").set_value("glioma/corrupt.jpg").run()
     assert not at.exception and any("corrupt.jpg" in e.value for e in at.error)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,8 @@ def test_config_defaults_and_env(tmp_path, monkeypatch):
     assert cfg.allowed_roots == (Path("/data/a"), tmp_path)
     assert cfg.weights_dir == Path("/m") and cfg.audit_path == Path("/d/audit.sqlite3")
     assert cfg.device == "cpu" and cfg.uncertain_below == 0.7
+    assert cfg.max_batch_jobs == 2  # background batch reviews at once, whole server
+    assert load_config(env={"MRI_MAX_BATCH_JOBS": "1"}).max_batch_jobs == 1
 
 
 def test_config_file_and_errors(tmp_path):
@@ -40,6 +43,9 @@ def test_config_file_and_errors(tmp_path):
     assert cfg.dataset_candidates()[0] == tmp_path / "ds"
     f.write_text("uncertain_below = 3\n")
     with pytest.raises(ConfigError, match="between 0 and 1"):
+        load_config(env={}, config_file=f)
+    f.write_text("max_batch_jobs = 0\n")
+    with pytest.raises(ConfigError, match="max_batch_jobs"):
         load_config(env={}, config_file=f)
     f.write_text("not toml [")
     with pytest.raises(ConfigError, match="cannot be read"):
@@ -102,9 +108,8 @@ def test_batch_job_rows_frame_filters(tiny_predictor, tmp_path):
 
     folder = make_labelled_folder(tmp_path / "set", per_class=2)
     job = BatchJob.start(tiny_predictor, folder, label="set", audit=None, uncertain_below=0.5, chunk_size=3)
-    while job.step() is not None:
-        pass
-    assert job.status == "done" and job.done == job.total == 9 and job.n_errors == 1
+    assert job.wait(120)  # the review runs in its own thread
+    assert job.status == "done" and job.done == job.total == 9 and job.n_errors == 1 and not job.partial
     assert job.fraction == 1.0 and job.eta_seconds == 0.0 and "9 / 9 files" in job.progress_text()
     df = job.frame()
     assert df["confidence"].dtype == float and df["ood"].dtype == bool
@@ -119,23 +124,59 @@ def test_batch_job_rows_frame_filters(tiny_predictor, tmp_path):
     assert len(filter_frame(strict, flagged_only=True)) >= 8
     assert "true_label" in display_frame(df, list(CLASSES), True).columns
     assert "true_label" not in display_frame(df, list(CLASSES), False).columns
+    shown = display_frame(df, list(CLASSES), True)
+    error_row = shown[df["error"] != ""].iloc[0]
+    assert [error_row[f"p_{c}"] for c in CLASSES] == ["–"] * len(CLASSES)  # not "None"
+    assert strict["uncertain_below"].eq(1.01).all() and df["model_sha256"].eq(tiny_predictor.bundle.sha256).all()
 
 
-def test_batch_job_cancel_from_another_thread_while_stepping(tiny_predictor, tmp_path):
-    """fastReruns may run the next script run while the previous one is inside step()."""
-    from ui.batch_job import BatchJob
+def test_batch_job_worker_thread_rows_stop_and_uploads(tmp_path):
+    """The worker appends rows while readers copy them; Stop ends it after the row in flight with a final
+    count; the elapsed time is the worker's wall time; a discarded job's upload folder is deleted when the
+    worker ends, even if it is still running when discarded."""
+    from ui.batch_job import CANCELLED, BatchJob, active_jobs
 
-    folder = make_labelled_folder(tmp_path / "set", per_class=4, corrupt=False)
-    job = BatchJob.start(tiny_predictor, folder, label="set", audit=None, uncertain_below=0.5, chunk_size=4)
-    assert job.step() is not None
-    worker = threading.Thread(target=job.step)
-    with job._lock:  # simulate "another thread is inside step()"
-        worker.start()
-        job.cancel()  # must not block or raise "generator already executing"
-        assert job.status == "cancelled"
-    worker.join(10)
-    assert job.step() is None and job.status == "cancelled" and job._gen is None
-    assert job.done in (1, 2, 3, 4, 5)
+    gate, released = threading.Event(), threading.Event()
+
+    def rows():
+        for i in range(1000):
+            if i == 50:
+                gate.set()  # the reader below has rows to read while more arrive
+            if i == 200:
+                released.wait(30)
+            yield {"path": f"f{i}.png", "error": ""}
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    job = BatchJob(root=tmp_path, label="t", class_names=list(CLASSES), model_sha256="x", total=1000,
+                   uncertain_below=0.6, upload_dir=uploads)
+    before = active_jobs()
+    job.launch(rows(), max_jobs=before + 1)
+    assert active_jobs() == before + 1
+    assert gate.wait(30)
+    for _ in range(20):  # copies are consistent while the worker appends
+        snap = job.rows_snapshot()
+        assert [r["path"] for r in snap] == [f"f{i}.png" for i in range(len(snap))]
+    time.sleep(0.05)
+    assert job.running and job.elapsed_seconds >= 0.05 and job.done == 200  # waiting before row 200
+    job.discard(wait=0.2)  # still blocked: the worker deletes the uploads when it ends
+    assert job.stopping and uploads.is_dir()
+    released.set()
+    assert job.wait(30) and job.status == CANCELLED and job.done == 201  # the row in flight is kept
+    assert not uploads.exists() and active_jobs() == before
+    elapsed = job.elapsed_seconds
+    time.sleep(0.05)
+    assert job.elapsed_seconds == elapsed  # the clock stops with the worker
+
+
+def test_format_confidence_never_rounds_up_to_the_threshold():
+    from ui.charts import confidence_histogram, format_confidence
+
+    assert format_confidence(0.595) == "59.5%" and format_confidence(0.5999) == "59.9%"
+    assert format_confidence(0.6) == "60.0%" and format_confidence(1.0) == "100.0%"
+    assert format_confidence(None) == format_confidence(float("nan")) == "–"
+    fig = confidence_histogram(pd.DataFrame({"predicted": ["glioma"], "confidence": [0.5]}), list(CLASSES), 0.6)
+    assert "uncertain below 60.0%" in {a.text for a in fig.layout.annotations}
 
 
 def test_save_uploads_sanitises_names(tmp_path):
@@ -211,3 +252,24 @@ def test_config_precision(tmp_path):
 
     assert load_config(env={}, config_file=tmp_path / "none.toml").precision == "auto"
     assert load_config(env={"MRI_PRECISION": "AUTO"}, config_file=tmp_path / "none.toml").precision == "auto"
+
+
+def test_overlay_png_is_labelled_and_named_after_class_and_method():
+    import cv2
+
+    from ui.imaging import colour_lut, colour_scale, labelled_overlay
+    from ui.results import overlay_file_name
+
+    blend = np.full((120, 100, 3), 90, np.uint8)
+    out = labelled_overlay(blend, ["Grad-CAM: evidence for glioma (p = 91.0%)", "RESEARCH USE ONLY"],
+                           cv2.COLORMAP_JET, "1 = this map's peak")
+    assert out.shape[1] >= 640 and out.shape[0] > 120 + 2 * 22  # a footer with the bar and the text lines
+    x0 = (out.shape[1] - 100) // 2
+    assert (out[:120, x0:x0 + 100] == blend).all()  # the overlay itself is untouched
+    footer = out[120:]
+    assert (footer.std(axis=2) > 30).any() and (footer < 100).any()  # a colour bar and dark text on white
+    assert overlay_file_name("Te-gl_0010", "glioma", "gradcam++") == "Te-gl_0010_glioma_gradcam--.png"
+    assert overlay_file_name("x", "other_lesion", "layercam") == "x_other_lesion_layercam.png"
+    scale = colour_scale(cv2.COLORMAP_JET)
+    assert scale[0][0] == 0.0 and scale[-1][0] == 1.0
+    assert scale[-1][1] == "rgb({},{},{})".format(*colour_lut(cv2.COLORMAP_JET)[255])

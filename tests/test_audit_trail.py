@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.audit_trail import COLUMNS, AuditTrail, default_audit_path
+from core.audit_trail import COLUMNS, EXPORT_COLUMNS, FEEDBACK_COLUMNS, MAX_NOTE_CHARS, AuditTrail, default_audit_path
 from core.batch import main as batch_main, run_batch
 from core.synthetic import fake_scan
 from tests.conftest import REPO
@@ -25,11 +25,11 @@ from tests.factories import FAKE_PATIENT, dicom_bytes, encode
 SHA_A, SHA_M = "a" * 64, "m" * 64
 
 
-def _rec(audit: AuditTrail, i: int = 0, **kw) -> None:
+def _rec(audit: AuditTrail, i: int = 0, **kw) -> int:
     fields = dict(source="test", file_sha256=f"{i:064x}", model_sha256=SHA_M, predicted="glioma", confidence=0.9,
                   probabilities={"glioma": 0.9, "notumor": 0.1}, ood=False, uncertain=False, cam_method="gradcam")
     fields.update(kw)
-    audit.record(**fields)
+    return audit.record(**fields)
 
 
 def _db_bytes(path: Path) -> bytes:
@@ -56,7 +56,8 @@ def test_record_holds_every_field_and_exports_csv(tmp_path):
     assert newest["predicted"] is None and newest["error"].startswith("<file>")
     assert [r["id"] for r in audit.recent(1)] == [newest["id"]]
     rows = list(csv.DictReader(io.StringIO(audit.export_csv())))
-    assert [r["source"] for r in rows] == ["batch", "dashboard"] and list(rows[0]) == list(COLUMNS)
+    assert [r["source"] for r in rows] == ["batch", "dashboard"]
+    assert list(rows[0]) == list(COLUMNS) + ["feedback_verdict", "feedback_class", "feedback_note", "feedback_time"]
     assert len(list(csv.DictReader(io.StringIO(audit.export_csv(limit=1))))) == 1
 
 
@@ -245,3 +246,175 @@ def test_batch_cli_audits_by_default_and_can_opt_out(tmp_path, tiny_bundle_dir, 
     rc = batch_main([str(root), "--out", str(tmp_path / "r4.csv"), "--weights", str(tiny_bundle_dir),
                      "--audit-db", str(tmp_path / "blocker" / "a.sqlite3")])
     assert rc == 2 and "cannot open the audit trail" in capsys.readouterr().err
+
+
+# ---- reader feedback ---------------------------------------------------------------------------------------------
+
+CLASSES = ["glioma", "meningioma", "notumor", "other_lesion", "pituitary"]
+SHA_F, SHA_G, MODEL = "f" * 64, "0123456789abcdef" * 4, "e" * 64
+
+
+def _pred(audit: AuditTrail, sha: str = SHA_F, predicted: str = "glioma", version: str = "2.0.0", **kw) -> int:
+    return audit.record(source="single", file_sha256=sha, model_sha256=MODEL, model_version=version,
+                        predicted=predicted, confidence=0.8, probabilities={c: 0.2 for c in CLASSES}, ood=False,
+                        uncertain=False, cam_method="gradcam", **kw)
+
+
+def test_record_returns_the_row_id(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    first, second = _pred(audit), _pred(audit, SHA_G)
+    assert second == first + 1 and [r["id"] for r in audit.recent(2)] == [second, first]
+
+
+def test_feedback_round_trip_latest_first_and_linked_to_the_prediction(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    pid = _pred(audit)
+    saved = audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, model_version="2.0.0", predicted="glioma",
+                                  verdict="disagree", reader_class="meningioma", note="  dural tail\r\nsee T1C+ \x00",
+                                  reader="Dr A", prediction_id=pid, class_names=CLASSES)
+    assert list(saved) == list(FEEDBACK_COLUMNS) and saved["id"] == 1
+    assert (saved["prediction_id"], saved["verdict"], saved["reader_class"], saved["note"], saved["reader"]) == (
+        pid, "disagree", "meningioma", "dural tail\nsee T1C+", "Dr A")
+    # Without prediction_id, the newest prediction of the same file by the same model is the one referenced,
+    # and its version and predicted class are filled in.
+    again = _pred(audit)
+    agree = audit.record_feedback(file_sha256=SHA_F.upper(), model_sha256=MODEL, verdict="Agree ")
+    assert (agree["prediction_id"], agree["model_version"], agree["predicted"], agree["verdict"]) == (
+        again, "2.0.0", "glioma", "agree")
+    rows = audit.feedback_for(SHA_F, MODEL)
+    assert [r["id"] for r in rows] == [agree["id"], saved["id"]] and rows[0] == agree
+    assert audit.feedback_for(SHA_F, MODEL, "9.9.9") == [] and audit.feedback_for(SHA_G, MODEL) == []
+    # Feedback on a file the trail never saw is kept, unlinked.
+    loose = audit.record_feedback(file_sha256=SHA_G, model_sha256=MODEL, predicted="notumor", verdict="disagree",
+                                  reader_class="unsure")
+    assert loose["prediction_id"] is None and loose["model_version"] is None
+    assert audit.count() == 2  # feedback is not a prediction
+
+
+def test_latest_feedback_wins_and_disagreements_are_the_site_error_cases(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    a, b = _pred(audit, SHA_F), _pred(audit, SHA_G, predicted="notumor")
+    audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="disagree", reader_class="pituitary",
+                          prediction_id=a, class_names=CLASSES)
+    audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="agree", prediction_id=a)  # changed mind
+    audit.record_feedback(file_sha256=SHA_G, model_sha256=MODEL, verdict="disagree", reader_class="other_lesion",
+                          note="=HYPERLINK(\"http://x\")", prediction_id=b, class_names=CLASSES)
+    assert audit.feedback_counts() == {"agree": 1, "disagree": 1, "rows": 3}
+    cases = audit.error_cases()
+    assert [(c["file_sha256"], c["predicted"], c["reader_class"]) for c in cases] == [
+        (SHA_G, "notumor", "other_lesion")]
+    assert [r["verdict"] for r in audit.feedback()] == ["disagree", "agree", "disagree"]  # nothing is overwritten
+    # The audit export keeps its columns and adds the newest feedback on each prediction.
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(audit.export_csv()))}
+    assert list(next(iter(rows.values()))) == list(EXPORT_COLUMNS)
+    assert (rows[a]["feedback_verdict"], rows[a]["feedback_class"]) == ("agree", "")
+    assert (rows[b]["feedback_verdict"], rows[b]["feedback_class"]) == ("disagree", "other_lesion")
+    assert rows[b]["feedback_note"] == "'=HYPERLINK(\"http://x\")"  # never run as a spreadsheet formula
+    assert rows[b]["feedback_time"].endswith("Z")
+    c = _pred(audit, "1" * 64)
+    assert csv.DictReader(io.StringIO(audit.export_csv(limit=1))).__next__()["feedback_verdict"] == ""
+    assert int(next(csv.DictReader(io.StringIO(audit.export_csv(limit=1))))["id"]) == c
+    every = list(csv.DictReader(io.StringIO(audit.export_feedback_csv())))
+    assert len(every) == 3 and list(every[0]) == list(FEEDBACK_COLUMNS) and every[0]["verdict"] == "disagree"
+    errors = list(csv.DictReader(io.StringIO(audit.export_error_cases_csv())))
+    assert [e["file_sha256"] for e in errors] == [SHA_G]
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(verdict="maybe"), "verdict must be 'agree' or 'disagree'"),
+    (dict(verdict=None), "verdict must be"),
+    (dict(verdict="disagree", reader_class="astrocytoma"), "unknown class 'astrocytoma'"),
+    (dict(verdict="disagree", reader_class="glioma"), "cannot name the predicted class"),
+    (dict(verdict="agree", reader_class="meningioma"), "an 'agree' verdict keeps the predicted class"),
+    (dict(verdict="agree", note="x" * (MAX_NOTE_CHARS + 1)), "at most 1,000"),
+    (dict(verdict="agree", reader="r" * 101), "at most 100"),
+    (dict(verdict="agree", file_sha256="scan_of_Jolyon.png"), "64 hex digits"),
+    (dict(verdict="agree", model_sha256=""), "model_sha256 is required"),
+    (dict(verdict="agree", prediction_id=999), "no prediction 999"),
+    (dict(verdict="agree", prediction_id="1"), "must be a row id"),
+])
+def test_feedback_validation_errors(tmp_path, kw, message):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    _pred(audit)
+    _pred(audit, SHA_G)
+    fields = dict(file_sha256=SHA_F, model_sha256=MODEL, predicted="glioma", class_names=CLASSES)
+    fields.update(kw)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        audit.record_feedback(**fields)
+    with pytest.raises(ValueError, match="another file or model"):
+        audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="agree", prediction_id=2)
+    assert audit.feedback() == []
+    # The class list comes from the prediction's probabilities when the caller gives none.
+    with pytest.raises(ValueError, match="unknown class"):
+        audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="disagree", reader_class="schwannoma")
+    assert audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="disagree",
+                                 reader_class="unsure")["reader_class"] == "unsure"
+
+
+def test_feedback_is_append_only_in_the_database(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="agree")
+    with sqlite3.connect(audit.path) as con:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute("UPDATE feedback SET verdict = 'disagree'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute("DELETE FROM feedback")
+        with pytest.raises(sqlite3.IntegrityError):
+            con.execute("INSERT INTO feedback (timestamp, file_sha256, model_sha256, verdict) "
+                        "VALUES ('t', 'x', 'm', 'perhaps')")
+    assert [r["verdict"] for r in audit.feedback()] == ["agree"]
+
+
+def test_a_trail_from_before_feedback_gains_the_table_in_place(tmp_path):
+    from contextlib import closing
+
+    path = tmp_path / "old.sqlite3"
+    with closing(sqlite3.connect(path)) as con, con:  # the schema as it was before reader feedback
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT NULL, "
+                    "source TEXT NOT NULL, file_sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, model_version TEXT, "
+                    "predicted TEXT, confidence REAL, probabilities TEXT, ood INTEGER, uncertain INTEGER, "
+                    "cam_method TEXT, error TEXT)")
+        con.execute("INSERT INTO predictions (timestamp, source, file_sha256, model_sha256, model_version, predicted, "
+                    "probabilities) VALUES ('2026-01-01T00:00:00Z', 'single', ?, ?, '1.0.0', 'glioma', ?)",
+                    (SHA_F, MODEL, json.dumps({c: 0.2 for c in CLASSES})))
+    audit = AuditTrail(path)
+    assert audit.count() == 1 and audit.feedback() == []
+    saved = audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="disagree", reader_class="notumor")
+    assert saved["prediction_id"] == 1 and saved["model_version"] == "1.0.0"
+    reopened = AuditTrail(path)  # opening again changes nothing
+    assert reopened.count() == 1 and len(reopened.feedback()) == 1
+    rows = list(csv.DictReader(io.StringIO(reopened.export_csv())))
+    assert rows[0]["feedback_verdict"] == "disagree" and rows[0]["feedback_class"] == "notumor"
+
+
+def test_feedback_stores_no_identifying_text_but_the_readers_own(tmp_path):
+    """Only the file's hash identifies the scan; control and bidi characters are stripped from free text."""
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    saved = audit.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict="disagree",
+                                  note="\u202egnp.lanigiro\u202c\x1b[31m red\x07", reader=" Dr\nB\t ")
+    assert saved["note"] == "gnp.lanigiro[31m red" and saved["reader"] == "Dr B"
+    assert "file_name" not in saved and "path" not in saved
+
+
+def test_concurrent_feedback_from_threads(tmp_path):
+    audit = AuditTrail(tmp_path / "audit.sqlite3")
+    pid = _pred(audit)
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            other = AuditTrail(audit.path)
+            for i in range(10):
+                other.record_feedback(file_sha256=SHA_F, model_sha256=MODEL, verdict=("agree", "disagree")[i % 2],
+                                      note=f"t{t} n{i}", prediction_id=pid)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert audit.feedback_counts()["rows"] == 40 and len(audit.feedback_for(SHA_F, MODEL)) == 40

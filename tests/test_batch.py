@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.batch import csv_columns, done_paths, main as batch_main, run_batch
@@ -116,3 +117,36 @@ def test_cli_empty_folder(tmp_path, tiny_bundle_dir, capsys):
     assert batch_main([str(tmp_path / "empty"), "--out", str(tmp_path / "r.csv"), "--weights", str(tiny_bundle_dir)]) == 0
     assert "no image files" in capsys.readouterr().out
     assert _rows(tmp_path / "r.csv") == []
+
+
+def test_cli_csv_names_the_model_and_threshold(tmp_path, rng, tiny_bundle_dir, tiny_predictor):
+    """The CLI writes the columns of ``csv_columns`` (the dashboard's too): model name, version, SHA-256 and the
+    uncertainty threshold on every row; CAM columns only with --cam-method."""
+    n = _folder(tmp_path / "in", rng, n=4)
+    out = tmp_path / "r.csv"
+    assert batch_main([str(tmp_path / "in"), "--out", str(out), "--weights", str(tiny_bundle_dir),
+                       "--uncertain-below", "0.75", "--no-audit"]) == 0
+    rows = _rows(out)
+    assert len(rows) == n and list(rows[0]) == csv_columns(tiny_predictor.class_names)
+    b = tiny_predictor.bundle
+    for r in rows:  # unreadable rows too: they say which run they belong to
+        assert (r["model_name"], r["model_version"], r["model_sha256"]) == (b.name, b.version, b.sha256)
+        assert r["uncertain_below"] == "0.75"
+        assert r["cam_method"] == r["cam_peak_x"] == ""
+        if not r["error"]:
+            assert r["uncertain"] == str(float(r["confidence"]) < 0.75)
+
+
+def test_resume_refuses_a_csv_with_other_columns(tmp_path, rng, tiny_bundle_dir, tiny_predictor, capsys):
+    """Appending under another header would put values in the wrong columns (e.g. a CSV from before the model
+    columns existed)."""
+    _folder(tmp_path / "in", rng, n=2)
+    out = tmp_path / "old.csv"
+    old = [c for c in csv_columns(tiny_predictor.class_names) if c not in ("model_name", "uncertain_below")]
+    out.write_text(",".join(old) + "\n")
+    with pytest.raises(ValueError, match="other columns"):
+        list(run_batch(tiny_predictor, tmp_path / "in", out, resume=True))
+    assert batch_main([str(tmp_path / "in"), "--out", str(out), "--weights", str(tiny_bundle_dir), "--resume",
+                       "--no-audit"]) == 2
+    assert "other columns" in capsys.readouterr().err
+    assert out.read_text() == ",".join(old) + "\n"  # untouched

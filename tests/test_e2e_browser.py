@@ -8,7 +8,9 @@ Playwright's ``executable_path``, so no browser download is needed. Screenshots 
 """
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import shutil
 import socket
@@ -206,18 +208,40 @@ def test_upload_gives_prediction_and_heatmap(page, server, app_files):
     assert value.split(" ")[0] in CLASSES, value
     assert page.locator('[data-testid="stMetric"]', has_text="Calibrated confidence").inner_text().strip().endswith("%")
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-    imgs = page.locator('[data-testid="stImage"] img')
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
-        ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
-    assert imgs.count() == 2
-    assert "heatmap peak" in page.inner_text("body")
-    original, heat = image_rgb(page, imgs.nth(0)), image_rgb(page, imgs.nth(1))
+    # The original and the overlay are one plotly figure (two <image> panels with linked axes).
+    pair = page.locator(".st-key-image_pair .js-plotly-plot")
+    pair.wait_for()
+    page.wait_for_function("document.querySelectorAll('.st-key-image_pair image').length >= 2")
+    sources = [page.locator(".st-key-image_pair image").nth(i).get_attribute("href") for i in range(2)]
+    original, heat = (np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+                      .astype(int) for src in sources)
     assert original.shape == heat.shape and original.shape[:2] == (256, 256)
     chroma = lambda a: float(np.abs(a[..., 0] - a[..., 2]).mean())  # noqa: E731
     assert chroma(original) < 3 < chroma(heat), (chroma(original), chroma(heat))  # grey scan vs coloured heatmap
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1")  # probability chart
-    page.get_by_role("button", name="Overlay PNG").wait_for()
+    body = page.inner_text("body")
+    assert "heatmap peak at x=" in body and "px of the 256×256 original" in body
+    assert page.locator(".st-key-image_pair .colorbar").count() == 1  # the heatmap's colour bar
+    # Zoom on the original: the heatmap panel follows (linked axes), as a reader expects.
+    ranges = "(() => { const l = document.querySelector('.st-key-image_pair .js-plotly-plot')._fullLayout; " \
+             "return [l.xaxis.range, l.xaxis2.range, l.yaxis.range, l.yaxis2.range]; })()"
+    before = page.evaluate(ranges)
+    box = page.locator(".st-key-image_pair .xy .nsewdrag").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -400)
+    page.wait_for_function(f"JSON.stringify({ranges}[0]) !== '{json.dumps(before[0], separators=(',', ':'))}'")
+    x1, x2, y1, y2 = page.evaluate(ranges)
+    assert x1[1] - x1[0] < before[0][1] - before[0][0]  # zoomed in
+    assert np.allclose(x1, x2) and np.allclose(y1, y2)  # and the other panel shows the same region
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")  # + probability chart
+    predicted = value.split(" ")[0]
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Overlay PNG").click()
+    from core.cam import CAM_METHODS
+    from ui.results import overlay_file_name
+
+    assert dl.value.suggested_filename in {overlay_file_name("upload", predicted, m) for m in CAM_METHODS}
+    labelled = np.asarray(Image.open(dl.value.path()).convert("RGB"))
+    assert labelled.shape[0] > 256 + 100 and labelled.shape[1] >= 640  # the overlay plus its burned-in footer
     time.sleep(1.0)
     shot(page, "e2e_4_single_scan_result")
 
@@ -241,6 +265,30 @@ def test_batch_on_small_folder_fills_table(page, server):
     page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 12")
     time.sleep(1.5)
     shot(page, "e2e_5_batch_results")
+
+
+def test_arrow_keys_step_through_the_batch_from_single_scan(page, server):
+    """Keyboard navigation: after a batch review, ← → on the single-scan page open the previous / next file."""
+    open_page(page, server + "/batch-review", "Batch review")
+    start_on_folder(page, "Folder to review", "batch", "Start review")
+    page.get_by_text(f"Reviewed {PER_CLASS * len(CLASSES) + 1} files").wait_for()
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Single scan").click()
+    page.get_by_role("heading", name="Single scan", level=1).wait_for()
+    page.get_by_text("From the last batch review", exact=True).click()
+    page.get_by_text("Previous / next file of the batch table").wait_for()
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    chosen = page.locator(".st-key-single_batch_file input")
+    first = chosen.input_value()
+    page.get_by_role("heading", name="Single scan", level=1).click()  # focus the page, not a widget
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("v => document.querySelector('.st-key-single_batch_file input').value !== v", arg=first)
+    second = chosen.input_value()
+    assert second != first
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    page.get_by_role("heading", name="Single scan", level=1).click()
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("v => document.querySelector('.st-key-single_batch_file input').value === v", arg=first)
+    assert page.locator('[data-testid="stException"]').count() == 0
 
 
 def test_batch_can_be_stopped_and_keeps_finished_rows(page, server):

@@ -125,3 +125,52 @@ def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
     assert hook_count() == before_hooks, "CAM hooks were left on the model"
     assert all(p.grad is None for p in model.parameters())
     assert growth_mb < 40, f"RSS grew by {growth_mb:.1f} MB over 150 CAM calls"
+
+
+def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_head(tiny_predictor, rng):
+    """A weak class's map is not stretched to full colour: it is scaled by its raw strength against the
+    predicted class's map, and zeroed outside the head."""
+    from core.cam import on_reading_scale
+    from core.preprocess import head_mask
+    from core.synthetic import fake_scan
+
+    img = np.zeros((240, 240), np.uint8)
+    img[20:220, 30:210] = fake_scan(rng, 200, 1)[:, 10:190]  # a head with a wide black border
+    pred, pre = tiny_predictor.predict(img)
+    head = head_mask(pre, tiny_predictor.spec)
+    assert head.shape == (240, 240) and head[120, 120] and not head[:10].any() and not head[:, :15].any()
+    maps = {t: compute_cams(tiny_predictor, [pre], [t], "gradcam")[0] for t in range(4)}
+    assert all(c.strength is not None and c.strength >= 0 for c in maps.values())
+    ref = maps[pred.index]
+    for t, cam in maps.items():
+        shown = on_reading_scale(cam, head, None if t == pred.index else ref)
+        expected = 1.0 if t == pred.index or not ref.strength else min(1.0, cam.strength / ref.strength)
+        assert shown.scale == pytest.approx(expected)
+        assert shown.heatmap.max() <= expected + 1e-6
+        assert not shown.heatmap[~head].any()  # nothing painted on the background
+        px, py = shown.peak_pixel()
+        assert shown.heatmap.max() == 0 or head[py, px]  # the peak is inside the head
+    # the library engine keeps no raw scale: the map is only masked
+    lib = compute_cams(tiny_predictor, [pre], [0], "gradcam", engine="library")[0]
+    assert lib.strength is None and on_reading_scale(lib, head, ref).scale == 1.0
+
+
+def test_overlay_is_drawn_over_the_image_as_analysed(tiny_predictor):
+    """A 12-bit slice in a 16-bit container: the overlay's grey is the preprocessing's window, not near black."""
+    from core.display import analysed_window, grey_display
+    from core.dicom_io import apply_display_window
+    from core.image_io import array_to_grey
+    from core.preprocess import analysed_view, preprocess_decoded
+    from core.synthetic import fake_scan
+
+    decoded = array_to_grey(fake_scan(np.random.default_rng(2), 192, 1).astype(np.uint16) * 16, "PNG", "I;16")
+    pre = preprocess_decoded(decoded, tiny_predictor.spec)
+    assert decoded.pixels.max() < 0.07 and pre.window[1] < 0.07
+    view = analysed_view(pre)
+    assert view.max() == pytest.approx(1.0) and view.mean() > 0.15
+    blend = overlay(pre, np.zeros_like(view), opacity=0.0)
+    assert blend.mean() > 40  # not the almost-black raw scale
+    disp = grey_display(decoded)
+    centre, width = analysed_window(disp, decoded.pixels, pre.window)
+    assert 0 < width < 4200  # in the file's 16-bit grey levels
+    assert np.abs(apply_display_window(disp, centre, width) - view).max() < 0.01

@@ -1,6 +1,7 @@
 """Plotly figure builders: plain data in, ``go.Figure`` out (no streamlit, testable alone)."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -9,6 +10,16 @@ import plotly.graph_objects as go
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 ERROR_COLOUR = "#9E9E9E"
+
+
+def format_confidence(p: float | None) -> str:
+    """A confidence (or threshold) as a percentage with one decimal, rounded *down*: 0.5999 is "59.9%",
+    never "60.0%", so a value under the uncertainty threshold never prints as equal to it. "–" when unknown."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    # The nudge (far below the 1e-6 the rows are rounded to) keeps a value that float arithmetic left a hair
+    # under a tenth of a percent, e.g. 0.7 * 3 / 3, on that tenth.
+    return f"{math.floor(float(p) * 1000 + 1e-9) / 10:.1f}%"
 
 
 def class_colours(class_names: Sequence[str]) -> dict[str, str]:
@@ -139,8 +150,8 @@ def confidence_histogram(df: pd.DataFrame, class_names: Sequence[str], threshold
         fig.add_trace(go.Histogram(x=list(vals), name=c, marker_color=colours[c], xbins=dict(start=0, end=1.0001,
                                                                                               size=0.05)))
     if threshold is not None:
-        fig.add_vline(x=threshold, line_dash="dot", line_color="#E45756", annotation_text="uncertain below",
-                      annotation_position="top left")
+        fig.add_vline(x=threshold, line_dash="dot", line_color="#E45756",
+                      annotation_text=f"uncertain below {format_confidence(threshold)}", annotation_position="top left")
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title="calibrated confidence", range=[0, 1.0001], tickformat=".0%")
     fig.update_yaxes(title="files")

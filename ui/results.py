@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from core.dicom_io import DicomDisplay
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes
 from core.predictor import Prediction, Predictor
-from core.preprocess import Preprocessed
+from core.preprocess import Preprocessed, PreprocessSpec, head_mask
 
 
 def result_record(pred: Prediction, *, file_name: str, file_sha256: str, model_name: str, model_version: str,
@@ -44,6 +44,12 @@ def result_record(pred: Prediction, *, file_name: str, file_sha256: str, model_n
         "dicom_tags": dict(dicom_tags or {}),
         "notice": "Research use only - not for diagnosis.",
     }
+
+
+def overlay_file_name(stem: str, target: str, method: str) -> str:
+    """``<stem>_<explained class>_<method>.png``: the file name says what the heatmap explains."""
+    safe = lambda t: "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in t)  # noqa: E731
+    return f"{stem}_{safe(target)}_{safe(method)}.png"
 
 
 def record_json(record: dict) -> str:
@@ -82,6 +88,14 @@ class Analysis:
     pre: Preprocessed
     display: DicomDisplay | None = None  # grey DICOM in modality units, for the reader's window/level
     cams: dict = field(default_factory=dict)  # (method, target index) -> core.cam.CamResult
+    audit_id: int | None = None  # the prediction's row in the audit trail (reader feedback refers to it)
+    _head: object = field(default=None, repr=False)
+
+    def head_mask(self, spec: PreprocessSpec):
+        """bool (H, W) head mask (``core.preprocess.head_mask``), computed once per file."""
+        if self._head is None:
+            self._head = head_mask(self.pre, spec)
+        return self._head
 
     @property
     def window(self) -> dict[str, str] | None:

@@ -145,6 +145,8 @@ def bootstrap() -> AppContext:
         slot.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
     ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb(), slot)
     show_audit_count(ctx)
+    with st.sidebar:
+        batch_progress_line()
     st.session_state[_CTX_KEY] = ctx
     return ctx
 
@@ -162,6 +164,45 @@ def show_audit_count(ctx: AppContext) -> None:
                            "(see *Model metrics* → Audit trail)")
 
 
+BATCH_POLL_S = 2.0  # how often the sidebar line of a running batch review refreshes itself
+
+
+def _batch_line() -> None:
+    from ui.batch_job import CANCELLED, DONE, format_seconds
+
+    job = st.session_state.get(BATCH_KEY)
+    if job is None:
+        return
+    if job.running:
+        icon, text = ":material/progress_activity:", (f"Batch review: {job.done:,} / {job.total:,} files · "
+                                                      f"{format_seconds(job.elapsed_seconds)}")
+    else:
+        word = {DONE: "done", CANCELLED: "stopped"}.get(job.status, "failed")  # short: the sidebar is narrow
+        icon, text = ":material/folder_open:", f"Batch {word}: {job.done:,} / {job.total:,} files"
+    try:
+        st.page_link(BATCH_PAGE, label=text, icon=icon, help=f"{job.label}: open the Batch review page")
+    except st.errors.StreamlitAPIException:  # a page run on its own, outside the app's navigation
+        st.caption(f"{icon} {text}")
+
+
+@st.fragment(run_every=BATCH_POLL_S)
+def _batch_line_live() -> None:
+    _batch_line()
+
+
+def batch_progress_line() -> None:
+    """The sidebar's line for this session's batch review ("Batch review: 120 / 400 files · 1:05", then e.g.
+    "Batch done: 400 / 400 files"), a link to the Batch review page. While the review runs in the background it refreshes itself every
+    :data:`BATCH_POLL_S` seconds, on whichever page the user is; once finished it says how it ended."""
+    job = st.session_state.get(BATCH_KEY)
+    if job is None:
+        return
+    if job.running:
+        _batch_line_live()
+    else:
+        _batch_line()
+
+
 def current() -> AppContext:
     """The context set up by the entry script for this run (or set it up now)."""
     ctx = st.session_state.get(_CTX_KEY)
@@ -174,6 +215,21 @@ SELECTED_KEY = "selected_file"  # {"path": str, "label": str} chosen on the batc
 SINGLE_PAGE = "pages/1_Single_scan.py"
 BATCH_PAGE = "pages/2_Batch_review.py"
 METRICS_PAGE = "pages/3_Model_metrics.py"
+
+
+def neighbour_in_batch(label: str, step: int = 1) -> tuple[Path, str] | None:
+    """The batch row ``step`` rows after ``label`` (negative: before) in the batch table as last filtered on
+    the Batch review page (all rows when it was never drawn, or ``label`` is not in that view), as
+    ``(absolute path, row label)`` for :func:`open_in_single_scan`; None past either end or without a batch."""
+    from ui.batch_job import neighbour
+
+    job = st.session_state.get(BATCH_KEY)
+    if job is None:
+        return None
+    paths = job.view_paths if job.view_paths and label in job.view_paths else \
+        [r["path"] for r in job.rows_snapshot()]
+    rel = neighbour(paths, label, step)
+    return None if rel is None else (job.abs_path(rel), rel)
 
 
 def open_in_single_scan(path: str | Path, label: str) -> None:

@@ -13,7 +13,7 @@ from core.checkpoint import model_identity
 from core.errors import ImageLoadError
 from core.metrics import missed_findings
 from core.predictor import Predictor
-from core.preprocess import preprocess
+from core.preprocess import analysed_view, preprocess
 from ui import charts
 from ui.imaging import grey_to_rgb, png_bytes, thumbnail, to_uint8
 
@@ -44,10 +44,14 @@ def read_json(path: str | Path) -> dict | None:
     return _read_json(str(path), _stamp(str(path)))
 
 
+Peak = tuple[float, float]
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model_sha: str, opacity: float,
-            colormap: str, side: int, _predictor: Predictor) -> list[bytes | str]:
-    """PNG thumbnails (with heatmap overlays when ``cam_method``) or an error message per file."""
+            colormap: str, side: int, _predictor: Predictor) -> list[tuple[bytes | str, Peak | None]]:
+    """Per file: a PNG thumbnail (with a heatmap overlay for the predicted class when ``cam_method``) or an
+    error message, and the heatmap's peak (x, y as fractions of the original image; None without heatmap)."""
     del stamps, model_sha  # cache key only
     from core.cam import compute_cams, overlay
 
@@ -56,29 +60,39 @@ def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model
         try:
             items.append(preprocess(p, _predictor.spec))
             slots.append(i)
-            out.append(b"")
+            out.append((b"", None))
         except ImageLoadError as exc:
-            out.append(str(exc))
+            out.append((str(exc), None))
         except Exception as exc:  # noqa: BLE001 - one bad file must not break the gallery
-            out.append(f"{Path(p).name}: {type(exc).__name__}: {exc}")
+            out.append((f"{Path(p).name}: {type(exc).__name__}: {exc}", None))
     cams = compute_cams(_predictor, items, None, cam_method) if (cam_method and items) else [None] * len(items)
     for i, item, cam in zip(slots, items, cams):
         img = (overlay(item, cam.heatmap, opacity, colormap) if cam is not None
-               else grey_to_rgb(to_uint8(item.decoded.pixels)))
-        out[i] = png_bytes(thumbnail(img, side))
+               else grey_to_rgb(to_uint8(analysed_view(item))))  # the contrast the model saw
+        out[i] = (png_bytes(thumbnail(img, side)), None if cam is None else tuple(map(float, cam.peak)))
     return out
+
+
+def thumbnails_with_peaks(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
+                          opacity: float = 0.45, colormap: str = "jet",
+                          side: int = THUMB_SIDE) -> tuple[list[bytes | str], list[Peak | None]]:
+    """Thumbnails for one gallery page and, per file, the peak of its heatmap for the predicted class (None
+    without ``cam_method`` or for an unreadable file). On an unexpected failure, an error message per image
+    (the page still renders)."""
+    ps = tuple(str(p) for p in paths)
+    try:
+        out = _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity),
+                      colormap, int(side), predictor)
+    except Exception as exc:  # noqa: BLE001 - e.g. a CAM failure; never a traceback in the page
+        return [f"thumbnail failed ({type(exc).__name__}: {exc})"] * len(ps), [None] * len(ps)
+    return [img for img, _ in out], [peak for _, peak in out]
 
 
 def thumbnails(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
                opacity: float = 0.45, colormap: str = "jet", side: int = THUMB_SIDE) -> list[bytes | str]:
     """Thumbnails for one gallery page; on an unexpected failure, an error message per image
     (the page still renders)."""
-    ps = tuple(str(p) for p in paths)
-    try:
-        return _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity),
-                       colormap, int(side), predictor)
-    except Exception as exc:  # noqa: BLE001 - e.g. a CAM failure; never a traceback in the page
-        return [f"thumbnail failed ({type(exc).__name__}: {exc})"] * len(ps)
+    return thumbnails_with_peaks(predictor, paths, cam_method, opacity, colormap, side)[0]
 
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=16)
@@ -103,9 +117,10 @@ def pager(n_items: int, page_size: int, key: str) -> tuple[int, int]:
 
 
 def gallery(items: Sequence[dict], images: Sequence[bytes | str], key: str,
-            on_open: Callable[[dict], None] | None = None, columns: int = GALLERY_COLUMNS) -> None:
-    """Grid of thumbnails; ``items``: dicts with 'title' and 'caption' (markdown); an 'Open'
-    button per item calls ``on_open(item)`` when given."""
+            on_open: Callable[[dict], None] | None = None, columns: int = GALLERY_COLUMNS,
+            open_label: str = "Open") -> None:
+    """Grid of thumbnails; ``items``: dicts with 'title' and 'caption' (markdown), and 'openable' (default
+    True). With ``on_open``, an ``open_label`` button on each openable item calls ``on_open(item)``."""
     for r0 in range(0, len(items), columns):
         cols = st.columns(columns)
         for col, item, img in zip(cols, items[r0:r0 + columns], images[r0:r0 + columns]):
@@ -118,8 +133,9 @@ def gallery(items: Sequence[dict], images: Sequence[bytes | str], key: str,
                     st.caption(msg if len(msg) <= 90 else msg[:87] + "…")
                 st.markdown(item["caption"])
                 st.caption(item["title"])
-                if on_open is not None and st.button("Open", key=f"{key}_open_{item['title']}", width="stretch",
-                                                     icon=":material/open_in_new:"):
+                if (on_open is not None and item.get("openable", True)
+                        and st.button(open_label, key=f"{key}_open_{item['title']}", width="stretch",
+                                      icon=":material/open_in_new:")):
                     on_open(item)
 
 

@@ -203,6 +203,7 @@ pred = analysis.prediction
 names = ctx.class_names
 threshold = ctx.uncertain_below
 uncertain = pred.is_uncertain(threshold)
+confidence = charts.format_confidence(pred.confidence)  # rounded down: never shown equal to the threshold
 ood_threshold = ctx.predictor.ood.threshold if ctx.predictor.ood is not None else None
 
 
@@ -227,13 +228,13 @@ with st.container(border=True):
         c1, c2, c3 = st.columns([1.2, 1, 1.3])
         c1.metric("Predicted class", pred.label if not uncertain else f"{pred.label} (uncertain)",
                   help="The class with the highest calibrated probability.")
-        c2.metric("Calibrated confidence", f"{pred.confidence:.1%}",
+        c2.metric("Calibrated confidence", confidence,
                   help="Temperature-scaled probability of the predicted class.")
         c3.metric("Status", f"Uncertain (< {threshold:.0%})" if uncertain else f"Confident (≥ {threshold:.0%})",
                   help=f"'Confident' means a calibrated confidence of at least {threshold:.0%}; below it the result "
                        "is 'uncertain' (threshold set in the sidebar).")
     if uncertain and not pred.ood:
-        st.warning(f"**Uncertain.** Calibrated confidence {pred.confidence:.1%} is below the {threshold:.0%} "
+        st.warning(f"**Uncertain.** Calibrated confidence {confidence} is below the {threshold:.0%} "
                    "threshold set in the sidebar. Treat the class as undetermined and review the scan.",
                    icon=":material/help:")
     if not pred.ood and pred.label in no_finding_classes(names):
@@ -258,7 +259,7 @@ with st.container(border=True):
     for w in pred.warnings:
         st.info(w, icon=":material/info:")
     if pred.ood and show_anyway:
-        st.caption(f":grey[Model output, not a reading: {pred.label}, calibrated confidence {pred.confidence:.1%}.]")
+        st.caption(f":grey[Model output, not a reading: {pred.label}, calibrated confidence {confidence}.]")
 
 w, h = analysis.decoded.size
 file_facts = pd.DataFrame({
@@ -363,10 +364,10 @@ with left:
     window = display_window(analysis)
     grey = to_uint8(apply_display_window(grey_display(analysis.decoded), *window)) if window is not None \
         else to_uint8(analysed_view(analysis.pre))
-    explained = "class-agnostic" if agnostic else f"evidence for {cam.target} (p = {p_target:.1%})"
+    explained = "class-agnostic" if agnostic else f"evidence for **{cam.target}** (p = {p_target:.1%})"
     st.markdown(f"**Original** · {name} · {w}×{h} px · {analysis.decoded.source_format}"
                 + (f" — window {window[0]:g} / {window[1]:g}" if window else "")
-                + f"  \n**{CAM_LABELS.get(method, method)}** — " + explained.replace(cam.target, f"**{cam.target}**", 1))
+                + f"  \n**{CAM_LABELS.get(method, method)}** — {explained}")
     st.plotly_chart(image_pair(grey, blend, ("Original", f"{CAM_LABELS.get(method, method)}: "
                                              + ("class-agnostic" if agnostic else cam.target)),
                                colour_scale(COLORMAPS[colormap]), scale_label),
@@ -396,7 +397,7 @@ record = result_record(pred, file_name=Path(name).name, file_sha256=analysis.fil
 labelled = labelled_overlay(blend, [
     f"{CAM_METHOD_NAMES.get(method, method)}: " + ("class-agnostic" if agnostic else
                                                    f"evidence for {cam.target} (p = {p_target:.1%})"),
-    f"Predicted: {pred.label} ({pred.confidence:.1%})" + (" - OUTSIDE INTENDED USE" if pred.ood else "")
+    f"Predicted: {pred.label} ({confidence})" + (" - OUTSIDE INTENDED USE" if pred.ood else "")
     + (" - uncertain" if uncertain and not pred.ood else ""),
     f"Model: {info['model_name']} v{info['model_version']}, SHA-256 {info['model_sha256'][:12]}",
     f"Peak: x={px}, y={py} px of {w}x{h}. File SHA-256 {analysis.file_sha256[:12]}",

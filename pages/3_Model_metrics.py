@@ -163,6 +163,9 @@ if tab_open("Stress test"):
 if tab_open("Data audit"):
     with tabs["Data audit"]:
         views.audit_summary_view(metrics.get("audit_summary", {}), data_audit)
+        non_mri = views.read_json(REPO / "reports" / "kaggle_ct_audit.json")
+        if non_mri:
+            views.non_mri_view(non_mri)
         ood = metrics.get("ood") or card.get("ood", {}).get("evaluation")
         if ood:
             st.markdown("**Out-of-distribution check** (synthetic non-MRI probes vs held-out MRI slices)")

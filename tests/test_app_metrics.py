@@ -183,3 +183,13 @@ def test_misclassified_images_open_in_single_scan(app_env):
     assert "Opened from *Model metrics*" in all_text(at)
     at.button(key="single_close_opened").click().run()
     assert "selected_file" not in at.session_state and not at.exception
+
+
+def test_data_audit_tab_counts_the_ct_slices_of_the_kaggle_set(app_env):
+    """reports/kaggle_ct_audit.json (committed; labels and counts only) is shown on the Data audit tab."""
+    report = json.loads((Path(__file__).resolve().parent.parent / "reports" / "kaggle_ct_audit.json").read_text())
+    at = metrics_page("Data audit")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["CT files"] == f"{report['non_mri']['CT']['files']:,}"
+    assert metrics["Flagged outside intended use"].endswith(f"of {report['non_mri']['CT']['files']:,}")
+    assert "Non-MRI slices in the Kaggle set" in all_text(at) and not at.error

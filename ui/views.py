@@ -253,6 +253,28 @@ def audit_summary_view(summary: dict, report: dict | None) -> None:
         st.json(report or summary, expanded=1)
 
 
+def non_mri_view(report: dict) -> None:
+    """The non-MRI (CT) slices found in the Kaggle set (``reports/kaggle_ct_audit.json``, ``tools.ct_audit``) and
+    how many the CT gate flags as outside intended use."""
+    ct = (report.get("non_mri") or {}).get("CT") or {}
+    model = report.get("model") or {}
+    if not ct:
+        return
+    st.markdown("**Non-MRI slices in the Kaggle set** (found by a skull-ring measure and confirmed by eye; "
+                "`python -m tools.ct_audit`)")
+    rows = [{"split": split, "class": cls, "CT files": n}
+            for split, per_class in (ct.get("per_split") or {}).items() for cls, n in per_class.items()]
+    c = st.columns(3)
+    c[0].metric("CT files", f"{ct.get('files', 0):,}", help=f"{ct.get('distinct_slices', '?')} distinct slices once "
+                                                             "near copies are grouped")
+    flagged = model.get("ct_flagged_outside_intended_use")
+    c[1].metric("Flagged outside intended use", "–" if flagged is None else f"{flagged:,} of {ct.get('files', 0):,}",
+                help="By the CT gate (core.ood.ct_gate), for the model named in the report")
+    c[2].metric("Other non-MRI files", f"{(report.get('non_mri') or {}).get('other', 0):,}")
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="audit_non_mri")
+
+
 def model_card_view(card: dict) -> None:
     arch = card.get("architecture", {})
     training = card.get("training", {})

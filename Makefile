@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test train reproduce-weights experiments bench clean-venv
+.PHONY: run test train train-feltrin44 reproduce-weights experiments bench pacs clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(VENV)/.installed  ## full pytest suite, browser end-to-end test included
 RECIPE := --data-spec data_specs/multisource.json --arch efficientnet_lite0 --pretrained --augment scanner --tta hflip --ema 0.998 --epochs 14 --patience 14 --lr 1e-3 --threads 2 --seed 42
 train: $(VENV)/.installed  ## train the multi-source model with the shipped recipe into runs/train (CPU: about 1.5 h)
 	$(PY) train.py $(RECIPE) --out runs/train
+
+# The 44-class model (tumour type x sequence, Feltrin slices only, split as the multi-source model's Feltrin source)
+# into weights/feltrin44/, where the dashboard's model picker and `--model brain-mri-feltrin44` find it.
+train-feltrin44: $(VENV)/.installed  ## train the 44-class model into weights/feltrin44 (not yet shipped; see README)
+	$(PY) train.py --data-spec data_specs/feltrin44.json --arch efficientnet_lite0 --pretrained --augment scanner --tta hflip --ema 0.998 --epochs 14 --patience 14 --lr 1e-3 --threads 2 --seed 42 --version 1.0.0 --name brain-mri-feltrin44 --out weights/feltrin44
 
 # The shipped model's recorded command chain (weights/model_card.json), into runs/reproduce/ (CPU: about 1.5 h):
 # step 1 trains; step 2 re-evaluates step 1's weights with the current evaluation code (--epochs 0), which
@@ -41,6 +46,11 @@ experiments: $(VENV)/.installed  ## leave-one-source-out and from-scratch runs, 
 
 bench: $(VENV)/.installed  ## speed benchmark; writes bench/results/*.json
 	$(PY) -m bench
+
+# A local Orthanc PACS (Debian: apt-get install orthanc orthanc-dicomweb) with two synthetic MR studies, on a free
+# localhost port with generated credentials (printed); storage in a temp folder, removed on Ctrl-C.
+pacs: $(VENV)/.installed  ## start a local test PACS (Orthanc + DICOMweb) and print its URL and credentials
+	$(PY) -m tests.orthanc_support
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,6 +18,14 @@ labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassif
 uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
 gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
 batch reviews at once  ``max_batch_jobs``          ``MRI_MAX_BATCH_JOBS`` (default 2, whole server)
+PACS (DICOMweb) URL    ``pacs_url``                ``MRI_PACS_URL`` (unset: no PACS; see core/pacs.py)
+PACS user / password   ``pacs_user``,              ``MRI_PACS_USER``, ``MRI_PACS_PASSWORD`` (basic auth)
+                       ``pacs_password``
+PACS bearer token      ``pacs_token``              ``MRI_PACS_TOKEN`` (wins over user/password)
+PACS DICOMweb root     ``pacs_dicomweb_root``      ``MRI_PACS_DICOMWEB_ROOT`` (default /dicom-web)
+PACS timeouts, retries ``pacs_connect_timeout``,   (TOML only; defaults 5 s, 30 s, 2 retries)
+                       ``pacs_read_timeout``,
+                       ``pacs_retries``
 =====================  ==========================  ===========================================
 
 The upload size limit is Streamlit's own ``server.maxUploadSize`` in
@@ -57,6 +65,15 @@ class AppConfig:
     # Batch reviews run as background threads; each takes the model's CPU/GPU time, so the server
     # runs at most this many at once (one per browser session in any case).
     max_batch_jobs: int = 2
+    # PACS over DICOMweb (core/pacs.py). Secrets are kept out of repr() so they never reach a log or page.
+    pacs_url: str | None = None
+    pacs_dicomweb_root: str = "/dicom-web"
+    pacs_user: str | None = None
+    pacs_password: str | None = field(default=None, repr=False)
+    pacs_token: str | None = field(default=None, repr=False)
+    pacs_connect_timeout: float = 5.0
+    pacs_read_timeout: float = 30.0
+    pacs_retries: int = 2
     source: str = "defaults"  # where the settings came from, for display
 
     @property
@@ -110,7 +127,9 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
         raise ConfigError(f"app config {path} (from MRI_APP_CONFIG) does not exist")
     env_map = {"MRI_WEIGHTS_DIR": "weights_dir", "MRI_ALLOWED_ROOTS": "allowed_roots", "MRI_APP_DATA": "data_dir",
                "MRI_DEVICE": "device", "MRI_PRECISION": "precision", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
-               "MRI_GALLERY_PAGE_SIZE": "gallery_page_size", "MRI_MAX_BATCH_JOBS": "max_batch_jobs"}
+               "MRI_GALLERY_PAGE_SIZE": "gallery_page_size", "MRI_MAX_BATCH_JOBS": "max_batch_jobs",
+               "MRI_PACS_URL": "pacs_url", "MRI_PACS_USER": "pacs_user", "MRI_PACS_PASSWORD": "pacs_password",
+               "MRI_PACS_TOKEN": "pacs_token", "MRI_PACS_DICOMWEB_ROOT": "pacs_dicomweb_root"}
     for var, key in env_map.items():
         if env.get(var):
             values[key] = env[var]
@@ -141,6 +160,20 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
             kwargs["gallery_page_size"] = int(values["gallery_page_size"])
             if not 1 <= kwargs["gallery_page_size"] <= 200:
                 raise ConfigError("gallery_page_size must be between 1 and 200")
+        for key in ("pacs_url", "pacs_user", "pacs_password", "pacs_token", "pacs_dicomweb_root"):
+            if key in values:
+                # A secret is taken as given (a space can be part of a password); names and paths are trimmed.
+                text = str(values[key]) if key in ("pacs_password", "pacs_token") else str(values[key]).strip()
+                kwargs[key] = text or (None if key != "pacs_dicomweb_root" else "/")
+        for key, low, high in (("pacs_connect_timeout", 0.1, 600), ("pacs_read_timeout", 0.1, 3600)):
+            if key in values:
+                kwargs[key] = float(values[key])
+                if not low <= kwargs[key] <= high:
+                    raise ConfigError(f"{key} must be between {low} and {high} seconds")
+        if "pacs_retries" in values:
+            kwargs["pacs_retries"] = int(values["pacs_retries"])
+            if not 0 <= kwargs["pacs_retries"] <= 10:
+                raise ConfigError("pacs_retries must be between 0 and 10")
         if "max_batch_jobs" in values:
             kwargs["max_batch_jobs"] = int(values["max_batch_jobs"])
             if not 1 <= kwargs["max_batch_jobs"] <= 64:

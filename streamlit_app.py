@@ -18,6 +18,7 @@ navigation = st.navigation([
     st.Page(state.SINGLE_PAGE, title="Single scan", icon=":material/radiology:", url_path="single-scan",
             default=True),
     st.Page(state.BATCH_PAGE, title="Batch review", icon=":material/folder_open:", url_path="batch-review"),
+    st.Page(state.STUDY_PAGE, title="Study review", icon=":material/stacks:", url_path="study-review"),
     st.Page(state.METRICS_PAGE, title="Model metrics", icon=":material/monitoring:", url_path="model-metrics"),
 ])
 state.bootstrap()  # model + sidebar; shows the error and stops if the model cannot be loaded

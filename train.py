@@ -37,8 +37,8 @@ from core import __version__
 from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.augment import AugmentConfig, augment_batch
 from core.calibration import fit_temperature, softmax
-from core.checkpoint import (AUDIT_FILE, CARD_FILE, INTENDED_USE, METRICS_FILE, kept_validation, load_bundle,
-                             model_identity, save_bundle)
+from core.checkpoint import (AUDIT_FILE, CARD_FILE, DEFAULT_MODEL_NAME, INTENDED_USE, METRICS_FILE, kept_validation,
+                             load_bundle, model_identity, save_bundle)
 from core.data_spec import DataSpec, DataSpecError, SourceSpec
 from core.dataset import class_names_of, fingerprint
 from core.device import autocast_dtype, select_device
@@ -139,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=".cache", help="where decoded, preprocessed images are cached")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many steps (0: no limit)")
     p.add_argument("--version", default=__version__, help="model version written to the card")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME,
+                   help="model name written to the card; the dashboard's model picker and `--model NAME` use it")
     p.add_argument("--dry-run", action="store_true",
                    help="train a few steps on tiny synthetic images and volumes (written to --data-root when given)")
     return p.parse_args(argv)
@@ -551,7 +553,7 @@ def build_card(args: argparse.Namespace, command: str, data: DataSpec, root: Pat
                     for s in split.sources for p in ("train", "val", "test") if len(split.select(p, s))}
     counts = {f"{s}/{p}": int(len(split.select(p, s))) for s in split.sources for p in ("train", "val", "test")}
     return {
-        "name": "brain-mri-slice-classifier",
+        "name": args.name,
         "version": args.version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "intended_use": INTENDED_USE,

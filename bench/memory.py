@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.common import cycle, interleave_classes, list_images, load_model, peak_rss_mb, rss_now_mb
-    from core.pipeline import predict_files
+    from core.pipeline import stream
     from core.predictor import Predictor
     from pathlib import Path
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     n = 0
     every = args.batch_size  # every batch: RSS moves by tens of MB between batches, so one sample proves little
-    for n, _ in enumerate(predict_files(predictor, files, batch_size=args.batch_size, num_workers=args.workers,
+    for n, _ in enumerate(stream(predictor, files, batch_size=args.batch_size, num_workers=args.workers,
                                         cam_method=args.cam_method), start=1):
         if n % every == 0:  # while the decode workers are alive (the last rows come after they exit)
             r = rss_now_mb(uss=True)

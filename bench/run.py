@@ -39,10 +39,10 @@ from bench.common import (DEFAULT_DATA, REPO, ForeignLoad, Timer, cores, cycle, 
 
 FULL = dict(images=0, vgg_images=256, sizes=[1, 8, 32, 64, 128, 256], warm_runs=100, cold_runs=50, vgg_warm_runs=20,
             cam_sizes=[1, 32, 128], memory_images=5000, single_memory_calls=1000, tune_images=384, compile=True, accuracy=True,
-            gpu_images=10000, fwd_reps=5, generated=600)
+            gpu_images=10000, fwd_reps=5, generated=600, ray=True)
 QUICK = dict(images=32, vgg_images=8, sizes=[4, 16], warm_runs=5, cold_runs=1, vgg_warm_runs=2, cam_sizes=[16],
              memory_images=96, single_memory_calls=20, tune_images=16, compile=False, accuracy=False, gpu_images=256, fwd_reps=1, generated=32,
-             backends_bs=8, all_backends=False, fp32_sweep=False, cam_engine_bs=8)
+             backends_bs=8, all_backends=False, fp32_sweep=False, cam_engine_bs=8, ray=False)
 FULL.update(backends_bs=64, all_backends=True, fp32_sweep=True, cam_engine_bs=32)
 
 
@@ -321,9 +321,9 @@ def single_scan_cold(weights: str, files: list[Path], runs: int, precision: str,
 
 def e2e(predictor, files: list[Path], bs: int, workers: int, threads: int, cam_method: str | None = None,
         collect_stages: bool = False) -> dict:
-    """Images/s over ``files`` through core.pipeline (read + decode + preprocess + forward [+ CAM])."""
+    """Images/s over ``files`` through core.pipeline.stream (read + decode + preprocess + forward [+ CAM])."""
     from core.cam import cam_maps
-    from core.pipeline import predict_files
+    from core.pipeline import stream
 
     torch.set_num_threads(threads)
     s, c = predictor.spec.image_size, predictor.spec.channels
@@ -337,11 +337,11 @@ def e2e(predictor, files: list[Path], bs: int, workers: int, threads: int, cam_m
     stage_sum: dict[str, float] = {}
     n = errors = 0
     with Timer(dev) as t:
-        for row, pred, _ in predict_files(predictor, files, batch_size=bs, num_workers=workers, cam_method=cam_method):
+        for res in stream(predictor, files, batch_size=bs, num_workers=workers, cam_method=cam_method):
             n += 1
-            errors += pred is None
+            errors += res.prediction is None
             if collect_stages:
-                for k, v in row.seconds.items():
+                for k, v in res.seconds.items():
                     stage_sum[k] = stage_sum.get(k, 0.0) + v
     out = {"batch": bs, "images": n, "errors": errors, "seconds": round(t.seconds, 2),
            "images_per_s": round(n / t.seconds, 1), "workers": workers, "threads": threads}
@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<machine>-<date>.json)")
     p.add_argument("--readme", default=None, help="README section path (default bench/README_section.md; "
                                                   "'-' to skip; quick mode skips unless given)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip (cold, memory, accuracy, vgg_latency)")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip (cold, memory, accuracy, vgg_latency, ray)")
     p.add_argument("--render", default=None, metavar="JSON",
                    help="measure nothing: re-render the README section (--readme) from a results file")
     p.add_argument("--cold-runs", type=int, default=None, help="fresh processes for the cold single-scan figures "
@@ -865,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
         vgg_tune = {"chosen": {"workers": best["workers"], "threads": best["threads"]}, "tried": tried}
     run("throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned, vgg_tune["chosen"], device)
     run("cam_throughput", cam_throughput, ours, files, cfg, tuned)
+    if cfg["ray"] and weights != "random" and "ray" not in skip and device.type == "cpu":
+        from bench.ray_section import compare_engines  # the Ray engine against the local one, same files
+
+        run("ray", compare_engines, ours, weights, files, 16, (0, n_cores), n_cores)
     run("cam_engines", cam_engines, ours, files, min(cfg["cam_engine_bs"], len(files)))
     if device.type == "cuda":
         gpu_objs = {k: v for k, v in objects.items()}

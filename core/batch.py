@@ -1,15 +1,17 @@
-"""Streaming batch review of a folder of JPG/PNG/TIFF/DICOM slices.
+"""Streaming batch review of a folder (or a list file) of JPG/PNG/TIFF/DICOM slices.
 
-    python -m core.batch FOLDER --out results.csv [--cam-method gradcam] [--device auto] [--resume]
-                         [--audit-db PATH | --no-audit]
+    python -m core.batch SOURCE --out results.csv [--cam-method gradcam] [--device auto] [--resume]
+                         [--audit-db PATH | --no-audit] [--num-workers N]
+                         [--engine ray [--ray-address ADDR] [--gpus-per-worker G]]
 
-Files are walked lazily (``core.files.iter_image_files``) and processed in small
-chunks, so memory does not grow with the folder. Each chunk's rows are appended to
-the CSV and flushed before the next chunk starts: an interruption loses at most the
-chunk in flight, and ``--resume`` skips every file already in the CSV. A file that
-cannot be read becomes a row with the reason in ``error``; it never stops the run.
-Every row is also appended to the audit trail (``core.audit_trail``; the CLI writes to
-``$MRI_APP_DATA/audit.sqlite3`` unless told otherwise).
+SOURCE is a folder, walked lazily (``core.files.iter_image_files``), or a text file listing one path per
+line. Files go through the one pipeline (:func:`core.pipeline.stream`, or its two stages on Ray Data with
+``--engine ray``, see ``core.ray_engine``), so memory does not grow with the folder. Each row is appended
+to the CSV and flushed a chunk at a time: an interruption loses at most the chunk in flight, and ``--resume``
+skips every file already in the CSV, whichever engine wrote it. A file that cannot be read becomes a row
+with the reason in ``error``; it never stops the run. Every row is also appended to the audit trail
+(``core.audit_trail.prediction_record``, one transaction per chunk; the CLI writes to
+``$MRI_APP_DATA/audit.sqlite3`` unless told otherwise), by this process only.
 
 Every row names the model (name, version, weights SHA-256) and the uncertainty threshold its
 ``uncertain`` flag used, as the dashboard's single-scan JSON does. ``cam_method`` and
@@ -20,23 +22,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import sqlite3
 import sys
 import threading
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from core.audit_trail import AuditTrail, default_audit_path
+from core.audit_trail import AuditTrail, default_audit_path, prediction_record
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.device import select_device
-from core.errors import CheckpointError, ImageLoadError
+from core.errors import CheckpointError
 from core.files import count_image_files, iter_image_files, resolve_within
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_source_bytes
+from core.image_io import DEFAULT_LIMITS, DecodeLimits
+from core.pipeline import Result, display_path, stream
 from core.predictor import Prediction, Predictor
-from core.preprocess import Preprocessed, preprocess_decoded
+from core.registry import find_model
 
 DEFAULT_UNCERTAIN_BELOW = 0.6
 
@@ -100,28 +103,64 @@ def done_paths(out_csv: Path) -> set[str]:
         return {r["path"] for r in csv.DictReader(f) if r.get("path")}
 
 
+Engine = Callable[..., Iterator[Result]]
+"""Turns files into :class:`core.pipeline.Result` s in input order: ``engine(predictor, files, *, root,
+cam_method, batch_size, limits, cancel)``. The local engine is :func:`core.pipeline.stream`; the Ray engine is
+:class:`core.ray_engine.RayEngine`."""
+
+
+def local_engine(num_workers: int | None = 0) -> Engine:
+    """:func:`core.pipeline.stream` in this process (0) or with ``num_workers`` decode processes."""
+    return partial(stream, num_workers=num_workers)
+
+
+def list_sources(source: str | Path, skipped: list[tuple[str, str]] | None = None) -> tuple[Path, Iterator[Path]]:
+    """The files of a batch source: a folder (walked lazily, see :func:`core.files.iter_image_files`) or a
+    list file with one path per line (blank lines and ``#`` comments ignored; relative paths are taken
+    against the list file's folder). Returns the root that row paths are relative to, and the files."""
+    source = Path(source)
+    if source.is_dir():
+        return source, iter_image_files(source, skipped=skipped)
+    if source.is_file():
+        base = source.parent
+        try:
+            text = source.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"{source} is not a folder or a text file listing paths") from None
+        lines = (ln.strip() for ln in text.splitlines())
+        return base, (base / ln for ln in lines if ln and not ln.startswith("#"))
+    raise ValueError(f"{source} is not a folder or a list file")
+
+
 def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None = None, *,
               cam_method: str | None = None, resume: bool = False, chunk_size: int = 16,
               cancel: threading.Event | None = None, audit: AuditTrail | None = None,
               uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, limits: DecodeLimits = DEFAULT_LIMITS,
               skipped: list[tuple[str, str]] | None = None,
-              allowed_roots: list[str | Path] | None = None) -> Iterator[dict]:
-    """Review every image below ``root``, yielding one row per file as soon as it is done.
+              allowed_roots: list[str | Path] | None = None, engine: Engine | None = None) -> Iterator[dict]:
+    """Review every image below ``root`` (or every file a list file names), yielding one row per file as soon
+    as it is done, in walk order.
 
-    Rows are appended to ``out_csv`` (if given) chunk by chunk, each chunk flushed.
-    Setting ``cancel`` stops after the current chunk; finished rows are kept.
-    With ``allowed_roots``, a ``root`` outside them (``../``, absolute paths, symlinks)
-    raises :class:`core.files.PathNotAllowedError` before anything is read or written.
+    Rows are appended to ``out_csv`` (if given, flushed) and to ``audit`` (one transaction) a chunk of
+    ``chunk_size`` at a time, before any of them is yielded: a consumer that stops (or a killed process) loses
+    no row it was handed, and at most the chunk in flight. Setting ``cancel``
+    stops reading files; the batch in hand is finished and kept. With ``allowed_roots``, a ``root`` outside
+    them (``../``, absolute paths, symlinks) raises :class:`core.files.PathNotAllowedError` before anything
+    is read or written. ``engine``: where the files are predicted (default :func:`local_engine`); rows,
+    columns, resume and the audit trail are the same whichever engine runs, and only this (driver) process
+    writes the CSV and the audit trail.
     """
     if allowed_roots is not None:
         root = resolve_within(root, allowed_roots)
+        if not Path(root).is_dir():
+            raise ValueError(f"{root} is not a folder")
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise ValueError(f"{root} is not a folder")
+    base, files = list_sources(root, skipped)
     # A folder named after a class labels every file in it (resolve: "." or "x/.." have a real name).
-    folder_truth = truth_from_path(f"{root.resolve().name}/file", predictor.class_names)
-    names = predictor.class_names
-    columns = csv_columns(names)
+    folder_truth = truth_from_path(f"{root.resolve().name}/file", predictor.class_names) if root.is_dir() else None
+    columns = csv_columns(predictor.class_names)
     out_path = Path(out_csv) if out_csv else None
     skip = done_paths(out_path) if (out_path and resume) else set()
     writer = handle = None
@@ -139,72 +178,34 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
         if new_file:
             writer.writeheader()
             handle.flush()
-    model_sha = predictor.bundle.sha256
     model = model_fields(predictor)
-    pending: list[tuple[str, str, Preprocessed]] = []
-    ready: list[dict] = []
+    todo = (f for f in files if display_path(f, base) not in skip) if skip else files
+    engine = engine or local_engine()
+    done: list[tuple[dict, Result]] = []
 
-    def finish(rows: list[dict]) -> Iterator[dict]:
+    def flush() -> list[dict]:
+        """Write the finished rows (CSV flushed, audit in one transaction) before handing them out."""
+        rows = [row for row, _ in done]
         if writer is not None:
             writer.writerows(rows)
             handle.flush()
-        for r in rows:
-            if audit is not None:
-                # The audit keeps no file names (they can name a patient): the error text
-                # gets "<file>" in place of the name.
-                error = r["error"].replace(Path(r["path"]).name, "<file>") if r["error"] else None
-                audit.record(source="batch", file_sha256=r["file_sha256"], model_sha256=model_sha,
-                             model_version=predictor.bundle.version,
-                             predicted=r["predicted"] or None, confidence=r["confidence"] or None,
-                             probabilities={c: r[f"p_{c}"] for c in names} if r["predicted"] else None,
-                             ood=r["ood"] if r["predicted"] else None,
-                             uncertain=r["uncertain"] if r["predicted"] else None,
-                             cam_method=r["cam_method"] or None, error=error)
-            yield r
-
-    def flush_pending() -> list[dict]:
-        if not pending:
-            return []
-        items = [p for _, _, p in pending]
-        preds = predictor.predict_preprocessed(items)
-        peaks: list = [None] * len(items)
-        if cam_method:
-            from core.cam import compute_cams  # grad-cam is only imported when CAMs are asked for
-
-            peaks = [c.peak for c in compute_cams(predictor, items, [p.index for p in preds], cam_method)]
-        rows = [make_row(rel, names, pr, file_sha256=sha, cam_method=cam_method or "", peak=pk,
-                         uncertain_below=uncertain_below, folder_truth=folder_truth, model=model)
-                for (rel, sha, _), pr, pk in zip(pending, preds, peaks)]
-        pending.clear()
+        if audit is not None:
+            audit.record_many([prediction_record(
+                res, source="batch", model_sha256=predictor.bundle.sha256, model_version=predictor.bundle.version,
+                uncertain_below=uncertain_below, cam_method=cam_method) for _, res in done])
+        done.clear()
         return rows
 
     try:
-        for path in iter_image_files(root, skipped=skipped):
-            if cancel is not None and cancel.is_set():
-                break
-            rel = path.relative_to(root).as_posix()
-            if rel in skip:
-                continue
-            sha = ""  # kept on error rows too when the bytes could be read (audit: which file failed)
-            try:
-                data, _ = read_source_bytes(path, limits)
-                sha = hashlib.sha256(data).hexdigest()
-                pre = preprocess_decoded(decode_bytes(data, path.name, limits), predictor.spec)
-                pending.append((rel, sha, pre))
-            except ImageLoadError as exc:
-                ready.append(make_row(rel, names, error=str(exc), file_sha256=sha, folder_truth=folder_truth,
-                                      uncertain_below=uncertain_below, model=model))
-            except Exception as exc:  # noqa: BLE001 - one bad file must never stop the batch
-                ready.append(make_row(rel, names, file_sha256=sha, folder_truth=folder_truth,
-                                      uncertain_below=uncertain_below, model=model,
-                                      error=f"{path.name}: unexpected error ({type(exc).__name__}: {exc})"))
-            if len(pending) >= chunk_size:
-                ready.extend(flush_pending())
-            if len(ready) >= chunk_size or (ready and not pending):
-                yield from finish(ready)
-                ready = []
-        ready.extend(flush_pending())
-        yield from finish(ready)
+        for res in engine(predictor, todo, root=base, cam_method=cam_method, batch_size=chunk_size, limits=limits,
+                          cancel=cancel):
+            done.append((make_row(res.path, predictor.class_names, res.prediction, error=res.error,
+                                  file_sha256=res.sha256, cam_method=(cam_method or "") if res.cam is not None else "",
+                                  peak=res.cam.peak if res.cam is not None else None,
+                                  uncertain_below=uncertain_below, folder_truth=folder_truth, model=model), res))
+            if len(done) >= chunk_size:
+                yield from flush()
+        yield from flush()
     finally:
         if handle is not None:
             handle.close()
@@ -213,9 +214,14 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Review a folder of brain MRI slices; one CSV row per file.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("folder", help="folder to walk recursively (JPG, PNG, TIFF, BMP, DICOM)")
+    p.add_argument("folder", metavar="SOURCE",
+                   help="folder to walk recursively (JPG, PNG, TIFF, BMP, DICOM), or a text file listing one path "
+                        "per line (relative to the list file's folder)")
     p.add_argument("--out", default="results.csv", help="CSV to write (rows are appended as they finish)")
-    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder")
+    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder, or with --model the registry "
+                                                                      "folder holding it (core.registry)")
+    p.add_argument("--model", default=None, help="a model of the registry --weights by name (card name or folder "
+                                                 "name, e.g. brain-mri-feltrin44); default: the folder's own bundle")
     p.add_argument("--cam-method", default=None, help="also compute Grad-CAM peaks: gradcam, gradcam++, eigencam, layercam")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--resume", action="store_true", help="skip files already in --out and append")
@@ -225,17 +231,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="SQLite audit trail every prediction is appended to (default: $MRI_APP_DATA/audit.sqlite3, "
                         "MRI_APP_DATA defaulting to data/ in the repository)")
     p.add_argument("--no-audit", action="store_true", help="do not write the audit trail")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (with --num-workers decode processes); ray: a Ray Data pipeline "
+                        "(needs ray[data]; see README 'Scaling out')")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="local: decode processes (0: decode in this process; default 0); ray: model actors "
+                        "(default: one per CPU of the cluster, or per GPU with --gpus-per-worker)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --engine ray: join this cluster (e.g. 10.0.0.1:6379 or 'auto'); default: start Ray "
+                        "on this machine")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per model actor")
     args = p.parse_args(argv)
+    if args.engine == "local" and (args.ray_address or args.gpus_per_worker):
+        p.error("--ray-address and --gpus-per-worker need --engine ray")
     try:
+        args.weights = str(find_model(args.weights, args.model)) if args.model else args.weights
         predictor = Predictor(load_bundle(args.weights), select_device(args.device), batch_size=args.chunk_size)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     folder = Path(args.folder)
-    if not folder.is_dir():
-        print(f"error: {folder} is not a folder", file=sys.stderr)
+    if not folder.exists():
+        print(f"error: {folder} is not a folder or a list file", file=sys.stderr)
         return 2
-    total = count_image_files(folder)
+    if args.engine == "ray":
+        from core.ray_engine import RayEngine  # Ray is optional: imported only when asked for
+
+        try:
+            engine = RayEngine(args.weights, address=args.ray_address, num_workers=args.num_workers,
+                               gpus_per_worker=args.gpus_per_worker, device=args.device)
+        except RuntimeError as exc:  # ray not installed
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        engine = local_engine(args.num_workers or 0)
+    total = count_image_files(folder) if folder.is_dir() else None
     if total == 0:
         print(f"no image files (jpg, png, tif, bmp, dcm) found under {folder}")
     try:
@@ -249,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=total, desc="reviewing", unit="img") as bar:
             for row in run_batch(predictor, folder, args.out, cam_method=args.cam_method, resume=args.resume,
                                  chunk_size=args.chunk_size, audit=audit, uncertain_below=args.uncertain_below,
-                                 skipped=skipped):
+                                 skipped=skipped, engine=engine):
                 counts["done"] += 1
                 counts["errors"] += bool(row["error"])
                 bar.update(1)
@@ -260,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # e.g. --resume into a CSV with other columns
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        getattr(engine, "close", lambda: None)()  # stops a local Ray the engine started
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"wrote {counts['done']} rows ({counts['errors']} unreadable) to {args.out}")

@@ -32,6 +32,7 @@ CARD_FILE = "model_card.json"
 METRICS_FILE = "metrics.json"
 AUDIT_FILE = "data_audit.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL_NAME = "brain-mri-slice-classifier"  # the default (cross-source) model's card name
 INTENDED_USE = ("Research use only, not for diagnosis. Classifies single 2-D brain MRI slices into "
                 "the trained classes to support research and review; not a medical device, not "
                 "validated for clinical decisions.")

@@ -6,33 +6,32 @@
 The second form re-runs the per-source evaluation of ``train.py``: the held-out (test) part of every
 source the model's card declares, rebuilt and verified against the card's fingerprints.
 
-The same code path as serving: files are decoded and preprocessed by ``core`` and
-predicted by :class:`core.predictor.Predictor`. ``train.py`` uses it for the shipped
+The same code path as serving: files go through :func:`core.pipeline.stream`, the one
+pipeline every consumer uses; :func:`run_sources` is its metrics accumulator. ``train.py`` uses it for the shipped
 metrics, and the dashboard for re-evaluation.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from core.calibration import softmax
-from core.audit_trail import AuditTrail
+from core.audit_trail import AuditTrail, record_prediction
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.dataset import list_labelled_files
 from core.device import select_device
-from core.errors import CheckpointError, ImageLoadError
+from core.errors import CheckpointError
 from core.metrics import evaluate_predictions, summary
+from core.pipeline import Source, stream
 from core.predictor import Predictor
-from core.image_io import decode_bytes, read_source_bytes
-from core.preprocess import Preprocessed, preprocess_decoded
+from core.registry import find_model
 
 ProgressFn = Callable[[int, int], None]
 
@@ -69,52 +68,45 @@ def run_files(predictor: Predictor, root: str | Path, files: list[tuple[str, int
               audit: AuditTrail | None = None) -> LabelledRun:
     """Predict the files ``root/<relative path>`` with their known labels (index into the model's classes)."""
     root = Path(root)
-
-    def load(rel: str):
-        data, _ = read_source_bytes(root / rel)
-        sha = hashlib.sha256(data).hexdigest() if audit is not None else ""
-        return preprocess_decoded(decode_bytes(data, Path(rel).name), predictor.spec), sha
-
-    return run_items(predictor, ((rel, lab, lambda rel=rel: load(rel)) for rel, lab in files), len(files),
-                     batch_size, progress, show_bar, audit)
+    return run_sources(predictor, ((root / rel, lab) for rel, lab in files), len(files), root=root,
+                       batch_size=batch_size, progress=progress, show_bar=show_bar, audit=audit)
 
 
-def run_items(predictor: Predictor, items: Iterable[tuple[str, int, Callable[[], tuple[Preprocessed, str]]]],
-              total: int, batch_size: int = 32, progress: ProgressFn | None = None, show_bar: bool = False,
-              audit: AuditTrail | None = None) -> LabelledRun:
-    """Predict labelled items in batches: (name, label, loader) where ``loader()`` returns the preprocessed
-    image and its SHA-256 (for the audit trail) or raises ``ImageLoadError``, which is recorded, not raised."""
+def run_sources(predictor: Predictor, sources: Iterable[tuple[Source, int]], total: int = 0, *,
+                root: str | Path | None = None, batch_size: int = 32, progress: ProgressFn | None = None,
+                show_bar: bool = False, audit: AuditTrail | None = None, num_workers: int | None = 0) -> LabelledRun:
+    """The metrics accumulator over :func:`core.pipeline.stream`: ``(source, label)`` pairs (a file path, or
+    an :class:`core.pipeline.InMemory` image such as a volume slice) -> a :class:`LabelledRun`.
+
+    ``label`` indexes the model's classes. Unreadable files are listed in ``errors``, never raised. With
+    ``audit``, every prediction (file SHA-256, never the image) is appended to it.
+    """
+    labels_in: list[int] = []
+
+    def feed() -> Iterator[Source]:  # the stream reads a source only after its label is known
+        for src, lab in sources:
+            labels_in.append(lab)
+            yield src
+
     kept, labels, logits, flags, scores, errors = [], [], [], [], [], []
-    pending: list = []
-
-    def flush() -> None:
-        for (rel, lab, pre, sha), pr in zip(pending, predictor.predict_preprocessed([p[2] for p in pending])):
+    bar = tqdm(total=total or None, desc="evaluating", disable=not show_bar)
+    for i, res in enumerate(stream(predictor, feed(), root=root, batch_size=batch_size, num_workers=num_workers,
+                                   hash_files=audit is not None), start=1):
+        pr = res.prediction
+        if pr is None:
+            errors.append({"file": res.path, "error": res.error})
+        else:
             if audit is not None:
-                audit.record(source="evaluate", file_sha256=sha, model_sha256=predictor.bundle.sha256,
-                             model_version=predictor.bundle.version,
-                             predicted=pr.label, confidence=pr.confidence, probabilities=pr.probabilities,
-                             ood=pr.ood)
-            kept.append(rel)
-            labels.append(lab)
+                record_prediction(audit, res, source="evaluate", model_sha256=predictor.bundle.sha256,
+                                  model_version=predictor.bundle.version)
+            kept.append(res.path)
+            labels.append(labels_in[res.index])
             logits.append(pr.logits)
             scores.append(pr.ood_score)
             flags.append(pr.ood)
-        pending.clear()
-
-    bar = tqdm(total=total, desc="evaluating", disable=not show_bar)
-    for i, (rel, lab, loader) in enumerate(items):
-        try:
-            pre, sha = loader()
-            pending.append((rel, lab, pre, sha))
-        except ImageLoadError as exc:
-            errors.append({"file": rel, "error": str(exc)})
-        if len(pending) >= batch_size:
-            flush()
         bar.update(1)
         if progress:
-            progress(i + 1, total)
-    if pending:
-        flush()
+            progress(i, total)
     bar.close()
     k = len(predictor.class_names)
     return LabelledRun(kept, np.array(labels, int), np.array(logits).reshape(-1, k), np.array(flags, bool),
@@ -142,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of FOLDER: the held-out part of every source in the model card's data spec")
     p.add_argument("--data-root", default=None, help="with --held-out: folder of the data spec's sources "
                                                      "(default: the one recorded in the card)")
-    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights)")
+    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights), or "
+                                                                      "with --model the registry folder holding it")
+    p.add_argument("--model", default=None, help="a model of the registry --weights by name (core.registry); "
+                                                 "default: the folder's own bundle")
     p.add_argument("--out", default=None, help="write the full metrics JSON here")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -150,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.folder) == args.held_out:
         p.error("give a labelled FOLDER or --held-out (one of the two)")
     try:  # as core.batch: a bad model folder, device or labelled folder is a clear error, not a traceback
-        bundle = load_bundle(args.weights)
+        bundle = load_bundle(find_model(args.weights, args.model) if args.model else args.weights)
         predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
         if args.held_out:
             from core.source_eval import evaluate_parts

@@ -62,7 +62,11 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, class_names: lis
         "macro_f1_ci95": bootstrap_ci(labels, preds, macro_f1, n_boot),
         "confusion_matrix": confusion_matrix(labels, preds, labels=ks).tolist(),
         "per_class": {name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(class_names)},
+                             "support": int(support[i]),
+                             # small classes (a 44-class set has some under 25 slices) need their interval
+                             "recall_ci95": list(_wilson(int(((labels == i) & (preds == i)).sum()),
+                                                         int(support[i]))) if support[i] else None}
+                      for i, name in enumerate(class_names)},
         "roc_auc": {}, "roc_curves": {},
         "calibration": {"calibrated": reliability(probs, labels)},
         "misclassified": [
@@ -71,6 +75,9 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, class_names: lis
             for i in np.flatnonzero(preds != labels)
         ],
     }
+    views = collapsed_views(out["confusion_matrix"], class_names)
+    if views:
+        out["collapsed"] = views
     out["ece"] = out["calibration"]["calibrated"]["ece"]
     if probs_uncalibrated is not None:
         out["calibration"]["uncalibrated"] = reliability(np.asarray(probs_uncalibrated), labels)
@@ -251,4 +258,74 @@ def pooled_missed_findings(sets: Sequence[Mapping], class_names: Sequence[str], 
                                                  "false_alarms")}
     out["max_confidence"] = max((p["max_confidence"] for p in parts if p["max_confidence"] is not None), default=None)
     out["missed_files"] = [f for p in parts for f in p["missed_files"]]
+    return out
+
+
+# Sequence suffixes of "<type> <sequence>" class names (the 44-class set), longest first so "T1C+" wins over "T1".
+SEQUENCE_SUFFIXES = ("T1C+", "T1", "T2")
+
+
+def type_and_sequence(name: str) -> tuple[str, str | None]:
+    """``"Astrocitoma T1C+"`` -> ``("Astrocitoma", "T1C+")``; a name without a sequence suffix -> ``(name, None)``."""
+    for seq in SEQUENCE_SUFFIXES:
+        if name.endswith(" " + seq):
+            return name[: -len(seq) - 1].strip(), seq
+    return name, None
+
+
+def collapsed_view(matrix: Sequence[Sequence[int]], class_names: Sequence[str], group_of) -> dict:
+    """A K x K confusion matrix merged into groups of classes (``group_of(name) -> group``).
+
+    Returns ``groups`` (in first-seen order), the merged ``confusion_matrix`` (rows true, columns predicted),
+    ``accuracy`` with a Wilson ``accuracy_ci95`` (slices as independent trials), and ``per_group`` recall and
+    precision with Wilson intervals and support. Merging is exact: a slice is right when its predicted class is
+    in its true class's group.
+    """
+    cm = np.asarray(matrix, dtype=np.int64)
+    groups: list[str] = []
+    for n in class_names:
+        if group_of(n) not in groups:
+            groups.append(group_of(n))
+    index = np.array([groups.index(group_of(n)) for n in class_names])
+    g = len(groups)
+    merged = np.zeros((g, g), np.int64)
+    np.add.at(merged, (index[:, None].repeat(len(index), 1), index[None, :].repeat(len(index), 0)), cm)
+    n, right = int(merged.sum()), int(np.trace(merged))
+    per_group = {}
+    for i, name in enumerate(groups):
+        support, called = int(merged[i].sum()), int(merged[:, i].sum())
+        per_group[name] = {"support": support, "recall": merged[i, i] / support if support else None,
+                           "recall_ci95": list(_wilson(int(merged[i, i]), support)) if support else None,
+                           "precision": merged[i, i] / called if called else None,
+                           "precision_ci95": list(_wilson(int(merged[i, i]), called)) if called else None}
+        per_group[name] = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v)
+                           for k, v in per_group[name].items()}
+    return {"groups": groups, "confusion_matrix": merged.tolist(), "n": n,
+            "accuracy": right / n if n else float("nan"), "accuracy_ci95": list(_wilson(right, n)),
+            "per_group": per_group}
+
+
+def collapsed_views(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> dict | None:
+    """For "<type> <sequence>" classes (every class has a sequence suffix): the ``type`` view (sequences merged)
+    and the ``sequence`` view (types merged), each a :func:`collapsed_view`; None for other class lists."""
+    if len(class_names) < 4 or any(type_and_sequence(n)[1] is None for n in class_names):
+        return None
+    return {"type": collapsed_view(matrix, class_names, lambda n: type_and_sequence(n)[0]),
+            "sequence": collapsed_view(matrix, class_names, lambda n: type_and_sequence(n)[1])}
+
+
+def implied_type_and_sequence(probabilities: Mapping[str, float]) -> dict[str, tuple[str, float]] | None:
+    """For a "<type> <sequence>" model: the most likely type and sequence, each with its probability summed over
+    the classes that share it (``{"type": (name, p), "sequence": (name, p)}``); None for other class lists."""
+    names = list(probabilities)
+    if collapsed_views(np.zeros((len(names), len(names)), int), names) is None:
+        return None
+    out = {}
+    for part, which in (("type", 0), ("sequence", 1)):
+        sums: dict[str, float] = {}
+        for n, p in probabilities.items():
+            key = type_and_sequence(n)[which]
+            sums[key] = sums.get(key, 0.0) + float(p)
+        best = max(sums, key=sums.get)
+        out[part] = (best, sums[best])
     return out

@@ -21,7 +21,8 @@ import numpy as np
 from core.cam import compute_cams
 from core.calibration import softmax
 from core.data_spec import DataSpec, SourceSpec
-from core.evaluate import LabelledRun, metrics_for_run, run_files, run_items
+from core.evaluate import LabelledRun, metrics_for_run, run_files, run_sources
+from core.pipeline import InMemory
 from core.metrics import (OTHER_LESION, class_recall_as, detection_metrics, no_finding_classes,
                           per_class_by_sequence)
 from core.predictor import Predictor
@@ -125,13 +126,12 @@ def _volume_part(predictor: Predictor, source: SourceSpec, data_root: Path, part
             seq_of[name] = s.sequence
             area_of[name] = -1.0 if s.tumour_mm2 is None else s.tumour_mm2
             core_of[name] = -1.0 if s.core_mm2 is None else s.core_mm2
-            pre = preprocess_decoded(s.image, predictor.spec)
             if s.tumour_mask is not None and s.tumour_mm2 and s.tumour_mm2 >= source.min_tumour_mm2:
                 masks[name] = s.tumour_mask
-                pre_items[name] = pre
-            yield name, names.index(cls), lambda pre=pre: (pre, "")
+                pre_items[name] = preprocess_decoded(s.image, predictor.spec)  # for the pointing game below
+            yield InMemory(name, s.image), names.index(cls)
 
-    run = run_items(predictor, items(), 0, predictor.batch_size, show_bar=show_bar)
+    run = run_sources(predictor, items(), batch_size=predictor.batch_size, show_bar=show_bar)
     key = f"{source.name}_{part}"
     has_labels = source.label_volume is not None
     sequences = [seq_of[f] for f in run.files]

@@ -10,13 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from core.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, on_reading_scale, overlay
-from core.checkpoint import METRICS_FILE
 from core.dicom_io import apply_display_window
 from core.display import analysed_window, grey_display
 from core.errors import ImageLoadError
 from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
-from core.metrics import OTHER_LESION, no_finding_classes, pooled_missed_findings
+from core.metrics import OTHER_LESION, implied_type_and_sequence, no_finding_classes, pooled_missed_findings
 from core.preprocess import analysed_view
+from core.report_pdf import single_scan_pdf
+from core.results_sr import ModelIdentity
 from ui import charts, feedback, state, views
 from ui.imaging import colour_original, colour_scale, draw_peak_marker, labelled_overlay, png_bytes, to_uint8
 from ui.results import (Analysis, analyse_bytes, explain, overlay_file_name, record_csv, record_json,
@@ -207,6 +208,11 @@ confidence = charts.format_confidence(pred.confidence)  # rounded down: never sh
 ood_threshold = ctx.predictor.ood.threshold if ctx.predictor.ood is not None else None
 
 
+def model_metrics() -> dict | None:
+    """The loaded model's own metrics file (``ui.views.metrics_for``), or None."""
+    return views.metrics_for(ctx.predictor.bundle, ctx.weights_dir)
+
+
 def sentence(text: str) -> str:
     """``text`` as a sentence: capital first letter, closing full stop."""
     text = text.strip()
@@ -238,19 +244,15 @@ with st.container(border=True):
                    "threshold set in the sidebar. Treat the class as undetermined and review the scan.",
                    icon=":material/help:")
     if not pred.ood and pred.label in no_finding_classes(names):
-        shipped = views.read_json(Path(ctx.config.weights_dir) / METRICS_FILE) or {}
-        # Quote held-out figures only where they were measured for the model that gave this result (the record
-        # train.py and core.evaluate write: its name and identity).
-        bundle = ctx.predictor.bundle
-        measured_here = shipped.get("model") == {"name": bundle.name, **bundle.identity}
-        held = {k: m for k, m in views.held_out_sets(shipped).items() if not k.endswith("_leak_free")} \
-            if measured_here else {}
+        shipped = model_metrics() or {}
+        held = {k: m for k, m in views.held_out_sets(shipped).items() if not k.endswith("_leak_free")}
         missed = pooled_missed_findings(list(held.values()), shipped.get("class_names", names), threshold) \
             if held else None
         where = ", ".join(m.get("title", k) for k, m in held.items())
+        measured = f" On the held-out parts ({where}): " + views.missed_findings_text(missed, threshold) \
+            if missed else ""
         st.info("**\"No tumour\" is not a negative read.** The model can miss a tumour with high confidence; read "
-                "the whole slice." + (f" On the held-out parts ({where}): " + views.missed_findings_text(missed, threshold)
-                                      if missed else ""), icon=":material/visibility_off:")
+                "the whole slice." + measured, icon=":material/visibility_off:")
     if not pred.ood and pred.label == OTHER_LESION:
         st.info("**Other lesion.** The slice looks like it shows a tumour or lesion that is not a glioma, meningioma "
                 "or pituitary tumour: for example a schwannoma, metastasis, medulloblastoma, germinoma, papilloma, "
@@ -290,6 +292,28 @@ def file_panel() -> None:
 
 info = ctx.model_info
 stem = Path(name).stem or "scan"
+TOP_K = 5  # a model with many classes (the 44-class one) shows its top classes, not 44 bars
+
+
+def probability_panel() -> None:
+    """Calibrated probabilities: every class, or the top five of a many-class model with the type and sequence
+    they imply (probabilities summed over the classes that share them)."""
+    probs = pred.probabilities
+    if len(probs) <= 8:
+        st.markdown("**Probabilities (calibrated)**")
+        shown = probs
+    else:
+        st.markdown(f"**Top {TOP_K} of {len(probs)} classes (calibrated)**")
+        shown = dict(sorted(probs.items(), key=lambda kv: -kv[1])[:TOP_K])
+    st.plotly_chart(charts.probability_bar(shown, pred.label, threshold), key="prob_chart",
+                    config={"displayModeBar": False})
+    implied = implied_type_and_sequence(probs)
+    if implied:
+        (kind, p_kind), (seq, p_seq) = implied["type"], implied["sequence"]
+        st.markdown(f"Implied type **{kind}** ({charts.format_confidence(p_kind)}) · sequence **{seq}** "
+                    f"({charts.format_confidence(p_seq)})",
+                    help="Each is the sum of the probabilities of the classes that share it.")
+
 
 
 def reader_feedback() -> None:
@@ -312,7 +336,11 @@ if not show_anyway:
                            model_sha256=info["model_sha256"], uncertain_below=threshold,
                            source_format=analysis.decoded.source_format, dicom_tags=analysis.decoded.dicom_tags)
     reader_feedback()
-    d2, d3 = st.columns(2)
+    d2, d3, d4 = st.columns(3)
+    d4.download_button("PDF report", lambda: single_scan_pdf(record, ModelIdentity.from_card(ctx.predictor.bundle.card),
+                                                             model_metrics()),
+                       f"{analysis.file_sha256[:12]}_report.pdf", "application/pdf", on_click="ignore",
+                       icon=":material/picture_as_pdf:", width="stretch")
     d2.download_button("Result JSON", record_json(record), f"{stem}_result.json", "application/json",
                        on_click="ignore", icon=":material/data_object:", width="stretch")
     d3.download_button("Result CSV", record_csv(record), f"{stem}_result.csv", "text/csv", on_click="ignore",
@@ -321,8 +349,8 @@ if not show_anyway:
 
 # -- explanation controls ---------------------------------------------------------------------
 # A new scan starts by explaining its predicted class: the target never carries over from another file.
-if st.session_state.get("cam_target_for") != analysis.file_sha256:
-    st.session_state["cam_target_for"] = analysis.file_sha256
+if st.session_state.get("cam_target_for") != (analysis.file_sha256, ctx.predictor.bundle.sha256):
+    st.session_state["cam_target_for"] = (analysis.file_sha256, ctx.predictor.bundle.sha256)
     st.session_state["cam_target"] = PREDICTED
 k1, k2, k3, k4 = st.columns([1.1, 1.3, 1, 0.8])
 method = k1.selectbox("CAM method", list(CAM_METHODS), format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method",
@@ -382,9 +410,7 @@ with left:
                    f"(p = {p_target:.1%}) looks as hot as a strong one. Read it as where, not how much.",
                    icon=":material/tune:")
 with right:
-    st.markdown("**Probabilities (calibrated)**")
-    st.plotly_chart(charts.probability_bar(pred.probabilities, pred.label, threshold), key="prob_chart",
-                    config={"displayModeBar": False})
+    probability_panel()
     file_panel()
 
 # -- downloads ----------------------------------------------------------------------------------
@@ -403,7 +429,13 @@ labelled = labelled_overlay(blend, [
     f"Peak: x={px}, y={py} px of {w}x{h}. File SHA-256 {analysis.file_sha256[:12]}",
     "RESEARCH USE ONLY - NOT FOR DIAGNOSIS",
 ], COLORMAPS[colormap], scale_label)
-d1, d2, d3 = st.columns(3)
+d1, d2, d3, d4 = st.columns(4)
+d4.download_button("PDF report", lambda: single_scan_pdf(record, ModelIdentity.from_card(ctx.predictor.bundle.card),
+                                                         model_metrics(), overlay=labelled),
+                   f"{analysis.file_sha256[:12]}_report.pdf", "application/pdf", on_click="ignore",
+                   icon=":material/picture_as_pdf:", width="stretch",
+                   help="Result, heatmap, probabilities, model identity and its measured per-source performance; "
+                        "no file name or patient tag (the PDF is named by the file's SHA-256).")
 d1.download_button("Overlay PNG", png_bytes(labelled), overlay_file_name(stem, "agnostic" if agnostic else cam.target,
                                                                          method),
                    "image/png", on_click="ignore", icon=":material/image:", width="stretch")

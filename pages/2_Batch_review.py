@@ -8,6 +8,8 @@ import streamlit as st
 from core.cam import CAM_METHOD_NAMES, CAM_METHODS, COLORMAPS
 from core.files import PathNotAllowedError, count_image_files, resolve_within
 from core.metrics import OTHER_LESION, no_finding_classes
+from core.report_pdf import batch_pdf
+from core.results_sr import ModelIdentity
 from ui import charts, state, views
 from ui.batch_job import (CANCELLED, DONE, FAILED, STOP_WAIT_S, BatchJob, BatchLimitError, active_jobs,
                           display_frame, export_csv, filter_frame, format_seconds, save_uploads, with_threshold)
@@ -225,7 +227,7 @@ picked = selection.selection.rows if selection is not None else []
 if picked and picked[0] < len(table):  # one click: choosing a row opens it
     rel = table.iloc[picked[0]]["path"]
     state.open_in_single_scan(job.abs_path(rel), rel)
-s1, s2, s3 = st.columns([2, 1, 1])
+s1, s2, s3, s4 = st.columns([2, 1, 1, 1])
 s1.caption(":material/open_in_new: Click a row's left edge to open it in the single-scan view.")
 shown_paths, threshold = table["path"].tolist(), ctx.uncertain_below
 # CSVs are built only when a button is pressed (callables), not on every rerun; each reads the rows at that
@@ -234,6 +236,14 @@ s2.download_button("CSV (shown rows)", lambda: export_csv(job, threshold, shown_
                    "text/csv", on_click="ignore", icon=":material/download:", width="stretch", key="csv_shown")
 s3.download_button("CSV (all rows)", lambda: export_csv(job, threshold), "batch_results.csv", "text/csv",
                    on_click="ignore", icon=":material/download:", width="stretch", key="csv_all")
+s4.download_button("PDF summary",
+                   lambda: batch_pdf(with_threshold(job.frame(), threshold).to_dict("records"),
+                                     ModelIdentity.from_card(ctx.predictor.bundle.card),
+                                     views.metrics_for(ctx.predictor.bundle, ctx.weights_dir)),
+                   "batch_summary.pdf", "application/pdf",
+                   on_click="ignore", icon=":material/picture_as_pdf:", width="stretch", key="pdf_summary",
+                   help="Counts per class, flags, errors, the model's identity and measured per-source performance; "
+                        "no file names.")
 st.caption("The CSV names the model (name, version, SHA-256) and the uncertainty threshold of its `uncertain` "
            "column. `cam_method` and `cam_peak_x`/`cam_peak_y` (the heatmap's peak for the predicted class, as "
            "fractions of the original image's width and height) are filled only for rows whose heatmap was "

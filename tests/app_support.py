@@ -195,3 +195,39 @@ def other_lesion_bundle(src: Path, dst: Path) -> Path:
     (dst / "metrics.json").write_text(json.dumps({"model": {"name": card["name"], **model_identity(card)},
                                                   "class_names": names, "sets": {"feltrin_test": held}}))
     return dst
+
+
+TYPE_SEQUENCE_TYPES = ("Astrocitoma", "Meningioma", "_NORMAL")
+
+
+def type_sequence_bundle(src: Path, dst: Path, name: str = "tiny-type-sequence") -> Path:
+    """A copy of the model in ``src`` with nine "<type> <sequence>" classes (3 types x T1 / T1C+ / T2), like the
+    44-class model in miniature, under the card name ``name``; its metrics.json holds one evaluated test set."""
+    from core.checkpoint import load_bundle, model_identity, save_bundle
+    from core.metrics import evaluate_predictions
+    from core.ood import MahalanobisOOD
+
+    bundle = load_bundle(src)
+    names = [f"{t} {q}" for t in TYPE_SEQUENCE_TYPES for q in ("T1", "T1C+", "T2")]
+    model, old = bundle.model, bundle.model.head
+    rows = torch.arange(len(names)) % old.out_features
+    model.head = torch.nn.Linear(old.in_features, len(names))
+    with torch.no_grad():  # each new class reuses an old class's weights, plus a small distinct offset
+        model.head.weight.copy_(old.weight[rows] + 0.01 * torch.randn(len(names), old.in_features,
+                                                                      generator=torch.Generator().manual_seed(0)))
+        model.head.bias.copy_(old.bias[rows])
+    ood = MahalanobisOOD(bundle.ood.means[rows], bundle.ood.precision, bundle.ood.threshold) if bundle.ood else None
+    card = dict(bundle.card, name=name, class_names=names,
+                architecture=dict(bundle.card["architecture"], num_classes=len(names)))
+    card = save_bundle(dst, model, card, ood=ood)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, len(names), 60)
+    probs = rng.random((60, len(names)))
+    probs[np.arange(60), labels] += 1.5
+    probs /= probs.sum(1, keepdims=True)
+    test = evaluate_predictions(labels, probs, names, [f"{names[k]}/{i}.png" for i, k in enumerate(labels)],
+                                n_boot=20)
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": name, **model_identity(card)},
+                                                  "class_names": names,
+                                                  "sets": {"feltrin_test": dict(test, title="Feltrin held-out", part="test")}}))
+    return dst

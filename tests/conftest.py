@@ -25,6 +25,16 @@ def _private_app_data(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _no_batch_review_outlives_its_test():
+    """Stop any dashboard batch review a test left running: its worker thread would otherwise go on reading
+    files (and allocating) during later tests, e.g. the flat-memory checks."""
+    yield
+    from ui.batch_job import cancel_all
+
+    cancel_all()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tmp_path_factory) -> Path:
     """A model folder produced by ``train.py --dry-run`` (seconds on CPU)."""

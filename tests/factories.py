@@ -54,6 +54,17 @@ def bmp_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     return bytes(data)
 
 
+def mr_dataset(filename: str = "synthetic.dcm", transfer_syntax=ExplicitVRLittleEndian) -> FileDataset:
+    """An empty MR image dataset with its file meta and a fresh SOP Instance UID (the caller adds the rest)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = FileDataset(filename, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def dicom_bytes(pixels: np.ndarray | None, *, transfer_syntax=ExplicitVRLittleEndian, frames: int | None = None,
                 encapsulated: bytes | None = None, float_pixels: bool = False, rows_cols: tuple[int, int] | None = None,
                 patient: dict | None = None, **tags) -> bytes:
@@ -69,12 +80,7 @@ def dicom_bytes(pixels: np.ndarray | None, *, transfer_syntax=ExplicitVRLittleEn
         patient: identifying tags to plant (default :data:`FAKE_PATIENT`).
         tags: any further DICOM keywords, e.g. ``RescaleSlope="2"``.
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset("synthetic.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds = mr_dataset("synthetic.dcm", transfer_syntax)
     ds.Modality, ds.SeriesDescription = "MR", "T1 AX POST"
     for k, v in (FAKE_PATIENT if patient is None else patient).items():
         setattr(ds, k, v)

@@ -78,7 +78,7 @@ def test_upload_gives_prediction_heatmap_and_downloads(app_env):
     assert "heatmap peak at x=" in all_text(at) and "px of the 192×192 original" in all_text(at)
     assert len(at.get("plotly_chart")) == 2  # + probabilities for all classes
     labels = [b.label for b in at.get("download_button")]
-    assert labels == ["Overlay PNG", "Result JSON", "Result CSV"]
+    assert labels == ["Overlay PNG", "Result JSON", "Result CSV", "PDF report"]
     assert audit_count(app_env) == before + 1
     assert any(f"{before + 1} prediction" in c.value for c in at.sidebar.caption)  # sidebar line is current
     # changing only the view (opacity, CAM method, target class) re-explains but does not re-predict or re-log
@@ -174,7 +174,7 @@ def test_non_mri_picture_headline_is_outside_intended_use_not_a_class(app_env):
     assert "MRI slices are greyscale. The model" in headline  # the reason ends with a full stop
     assert not at.metric and not at.get("plotly_chart")  # no class, probabilities or heatmap
     assert len(at.image) == 1 and "shown in colour" in all_text(at)
-    assert [b.label for b in at.get("download_button")] == ["Result JSON", "Result CSV"]
+    assert [b.label for b in at.get("download_button")] == ["Result JSON", "Result CSV", "PDF report"]
     at.toggle[0].set_value(True).run()  # "show anyway": the output, marked as not a reading
     assert not at.exception
     assert "Model output, not a reading" in all_text(at)

@@ -87,7 +87,7 @@ def test_chart_builders_return_figures(tiny_bundle_dir):
     bar = charts.probability_bar({"a": 0.7, "b": 0.3}, "a", 0.6)
     assert isinstance(bar, go.Figure) and list(bar.data[0].x) == [0.7, 0.3]
     table = charts.per_class_table(m["per_class"], names)
-    assert list(table.columns) == ["precision", "recall", "f1", "support"] and table["support"].sum() == m["n"]
+    assert list(table.columns) == ["precision", "recall", "recall 95% CI", "f1", "support"] and table["support"].sum() == m["n"]
 
 
 def test_batch_charts_count_errors():

@@ -67,6 +67,11 @@ def app_files(tiny_bundle_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(app_files, tmp_path_factory):
     env, _ = app_files
+    yield from serve(env, tmp_path_factory)
+
+
+def serve(env, tmp_path_factory):
+    """``streamlit run`` the app on a free localhost port with ``env``'s settings; yields its URL until closed."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
     log = open(log_path, "w")

@@ -44,7 +44,7 @@ def test_batched_cams_equal_one_at_a_time(tiny_predictor, items):
 
 
 def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_path):
-    from core.pipeline import predict_files
+    from core.pipeline import stream
     from core.synthetic import fake_scan
 
     rng = np.random.default_rng(3)
@@ -58,16 +58,19 @@ def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_
     files.insert(3, bad)
     serial = tiny_predictor.predict_preprocessed([preprocess(f, tiny_predictor.spec) for f in files if f != bad])
     for workers in (0, 2):
-        rows = list(predict_files(tiny_predictor, files, batch_size=3, num_workers=workers, root=tmp_path,
-                                  cam_method="gradcam"))
-        assert [r.path for r, _, _ in rows] == [f.name for f in files]
-        assert rows[3][1] is None and "text file" in rows[3][0].error
-        good = [(p, c) for _, p, c in rows if p is not None]
-        for (p, c), s in zip(good, serial):
+        rows = list(stream(tiny_predictor, files, batch_size=3, num_workers=workers, root=tmp_path,
+                           cam_method="gradcam"))
+        assert [r.path for r in rows] == [f.name for f in files]
+        assert [r.index for r in rows] == list(range(len(files)))
+        assert rows[3].prediction is None and "text file" in rows[3].error and rows[3].failed_at == "decode"
+        good = [r for r in rows if r.prediction is not None]
+        for r, s in zip(good, serial):
+            p, c = r.prediction, r.cam
             assert p.label == s.label
             assert p.confidence == pytest.approx(s.confidence, abs=1e-5)
             assert c.target == p.label and 0 <= c.peak[0] <= 1
-        assert all(len(r.sha256) == 64 for r, p, _ in rows if p is not None)
+            assert r.item is None  # dropped once predicted: a consumer holding results holds no images
+        assert all(len(r.sha256) == 64 for r in good)
 
 
 @pytest.mark.skipif(not int8_supported(), reason="no x86 quantised kernels in this torch build")

@@ -335,3 +335,30 @@ def test_leave_one_source_out_is_reported_against_the_shipped_model(tmp_path, ti
     assert len(never["cells"]) == len(report["columns"]) == len(shipped["cells"])
     with pytest.raises(ValueError, match="exactly one --leave-out"):
         leave_one_out(tiny_bundle_dir, tiny_bundle_dir)
+
+
+def test_44_class_metrics_have_collapsed_type_and_sequence_views_with_intervals():
+    """Classes named "<type> <sequence>": the evaluation adds exact merged views and Wilson intervals."""
+    import numpy as np
+
+    from core.metrics import collapsed_view, evaluate_predictions, type_and_sequence
+
+    names = [f"{t} {q}" for t in ("Astrocitoma", "Meningioma", "_NORMAL") for q in ("T1", "T1C+", "T2")]
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 3])
+    preds = np.array([1, 1, 2, 3, 5, 5, 8, 7, 8, 3, 3])  # 0->1: same type, other sequence; 0->3: other type
+    probs = np.full((len(labels), 9), 0.01)
+    probs[np.arange(len(labels)), preds] = 0.92
+    m = evaluate_predictions(labels, probs, names, [str(i) for i in range(len(labels))], n_boot=20)
+    t, q = m["collapsed"]["type"], m["collapsed"]["sequence"]
+    assert t["groups"] == ["Astrocitoma", "Meningioma", "_NORMAL"] and q["groups"] == ["T1", "T1C+", "T2"]
+    assert t["accuracy"] == 10 / 11  # only 0 -> 3 changes the type
+    assert q["accuracy"] == 8 / 11  # 0 -> 1, 4 -> 5 and 6 -> 8 change the sequence
+    assert np.asarray(t["confusion_matrix"]).sum() == 11 and t["accuracy_ci95"][0] < t["accuracy"] < 1
+    lo, hi = m["per_class"]["Astrocitoma T1"]["recall_ci95"]
+    assert m["per_class"]["Astrocitoma T1"]["recall"] == 0 and lo == 0 and 0.5 < hi < 1  # 0 of 2: wide interval
+    assert "collapsed" not in evaluate_predictions(labels % 4, probs[:, :4] / probs[:, :4].sum(1, keepdims=True),
+                                                   ["glioma", "meningioma", "notumor", "pituitary"],
+                                                   [str(i) for i in range(len(labels))], n_boot=20)
+    assert type_and_sequence("_NORMAL T2") == ("_NORMAL", "T2")
+    merged = collapsed_view([[2, 1], [0, 3]], ["a x", "b x"], lambda n: "all")
+    assert merged["confusion_matrix"] == [[6]] and merged["accuracy"] == 1.0

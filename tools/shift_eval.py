@@ -2,7 +2,8 @@
 
 The model will meet scans of other sizes, contrasts and encodings than the Kaggle data. This
 stress test takes a labelled folder (default: the Testing split), changes every image in one
-controlled way at a time and re-runs the serving path (decode -> preprocess -> predictor):
+controlled way at a time and re-runs the serving pipeline (``core.pipeline.stream``: decode -> shift ->
+preprocess -> predictor):
 
     python -m tools.shift_eval                       # Testing split, writes reports/shift_eval.json
     python -m tools.shift_eval --data ROOT --limit 200
@@ -106,44 +107,41 @@ SHIFTS: dict[str, tuple[str, Shift]] = {
 }
 
 
+class ShiftTransform:
+    """One shift as a :data:`core.pipeline.Transform`: picklable (the shift is looked up by name), and its
+    random draws (noise, bias-field direction) seeded per image, so a result does not depend on which
+    process or in which order the image was changed."""
+
+    def __init__(self, name: str, seed: int = 0):
+        self.name, self.seed = name, seed
+
+    def __call__(self, pixels: Image01, index: int) -> "np.ndarray | bytes":
+        return SHIFTS[self.name][1](pixels, np.random.default_rng([self.seed, index]))
+
+
 def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, seed: int = 0,
                     batch_size: int = 64, files: list[tuple[str, int]] | None = None,
-                    sequences: dict[str, str] | None = None) -> dict:
+                    sequences: dict[str, str] | None = None, num_workers: int | None = 0) -> dict:
     """Accuracy, macro-F1, tumour sensitivity/specificity and the outside-intended-use rate of ``predictor``
     on ``root/<class>/*`` (or on ``files``, (relative path, label) pairs) per shift.
 
-    Every image is decoded once with the serving decoder; each shift then produces an array or
-    encoded bytes that go through the serving preprocessing and predictor, like an upload would.
-    ``limit`` takes that many images evenly spaced over the class-sorted list, so every class is sampled in
-    proportion (0: all). ``sequences`` (relative path -> MRI sequence) adds a ``by_sequence`` breakdown.
+    Each shift is one pass of the serving pipeline (:func:`core.pipeline.stream`) with the shift as its
+    ``transform``: every image is decoded with the serving decoder, changed into an array or encoded bytes,
+    and goes through the serving preprocessing and predictor, like an upload would. ``limit`` takes that many
+    images evenly spaced over the class-sorted list, so every class is sampled in proportion (0: all).
+    ``sequences`` (relative path -> MRI sequence) adds a ``by_sequence`` breakdown.
     """
     from core.data_spec import SEQUENCE_FAMILIES
     from core.dataset import list_labelled_files
-    from core.errors import ImageLoadError
-    from core.image_io import decode_image
     from core.metrics import no_finding_classes
-    from core.preprocess import preprocess
+    from core.pipeline import stream
 
     names = predictor.class_names
+    root = Path(root)
     files = list_labelled_files(root, names) if files is None else files
     if limit and limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
-    rng = np.random.default_rng(seed)
-    labels = {s: [] for s in shifts}
-    preds = {s: [] for s in shifts}
-    flags = {s: [] for s in shifts}
-    fams = {s: [] for s in shifts}
-    pending = {s: [] for s in shifts}
-    errors: dict[str, int] = {s: 0 for s in shifts}
     negative = [names.index(n) for n in no_finding_classes(names)]
-
-    def flush(s: str) -> None:
-        for (lab, fam, pre), pr in zip(pending[s], predictor.predict_preprocessed([p for *_, p in pending[s]])):
-            labels[s].append(lab)
-            fams[s].append(fam)
-            preds[s].append(pr.index)
-            flags[s].append(pr.ood)
-        pending[s].clear()
 
     def figures(y: np.ndarray, p: np.ndarray, f: np.ndarray) -> dict:
         out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, p)) if len(y) else None}
@@ -154,24 +152,23 @@ def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, se
         out["ood_flagged_rate"] = float(f.mean()) if len(f) else None
         return out
 
-    for rel, lab in tqdm(files, desc="shift evaluation"):
-        try:
-            base = decode_image(root / rel).pixels
-        except ImageLoadError:
-            continue  # unreadable in the original: not a shift's fault
-        fam = SEQUENCE_FAMILIES.get((sequences or {}).get(rel, ""), "unknown")
-        for s in shifts:
-            try:
-                pending[s].append((lab, fam, preprocess(SHIFTS[s][1](base, rng), predictor.spec)))
-            except ImageLoadError:
-                errors[s] += 1
-            if len(pending[s]) >= batch_size:
-                flush(s)
     out = {}
     for s in shifts:
-        flush(s)
-        y, p, f, fam = np.array(labels[s]), np.array(preds[s]), np.array(flags[s], bool), np.array(fams[s])
-        out[s] = {"description": SHIFTS[s][0], **figures(y, p, f), "unreadable": errors[s],
+        labels, preds, flags, fams, errors = [], [], [], [], 0
+        results = stream(predictor, [root / rel for rel, _ in files], root=root, batch_size=batch_size,
+                         num_workers=num_workers, transform=ShiftTransform(s, seed), hash_files=False)
+        for res in tqdm(results, total=len(files), desc=f"shift {s}"):
+            if res.prediction is None:
+                # unreadable in the original: not the shift's fault; failing after the shift: counted
+                errors += res.failed_at in ("transform", "preprocess")
+                continue
+            rel, lab = files[res.index]
+            labels.append(lab)
+            fams.append(SEQUENCE_FAMILIES.get((sequences or {}).get(rel, ""), "unknown"))
+            preds.append(res.prediction.index)
+            flags.append(res.prediction.ood)
+        y, p, f, fam = np.array(labels), np.array(preds), np.array(flags, bool), np.array(fams)
+        out[s] = {"description": SHIFTS[s][0], **figures(y, p, f), "unreadable": errors,
                   "macro_f1": float(f1_score(y, p, average="macro", labels=sorted(set(y.tolist())),
                                              zero_division=0))}
         if sequences:

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.metrics import type_and_sequence
+
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 ERROR_COLOUR = "#9E9E9E"
 
@@ -62,14 +64,28 @@ def confusion_matrix_fig(matrix: Sequence[Sequence[float]], class_names: Sequenc
     else:
         z = cm
         text = [[f"{int(v)}" for v in row] for row in z]
+    k = len(class_names)
+    large = k > 12  # the 44-class model: no cell text (hover tells), more room, and blocks per tumour type
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(class_names), y=list(class_names), text=text, texttemplate="%{text}",
+        z=z, x=list(class_names), y=list(class_names), text=text, texttemplate="" if large else "%{text}",
         colorscale="Blues", zmin=0, zmax=1 if normalise else max(1.0, float(cm.max())),
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
         colorbar=dict(title="share" if normalise else "count", tickformat=".0%" if normalise else None)))
-    fig.update_xaxes(title="predicted class", side="bottom")
-    fig.update_yaxes(title="true class", autorange="reversed")
-    return _layout(fig, 360, title=title)
+    fig.update_xaxes(title="predicted class", side="bottom", tickfont=dict(size=9) if large else None)
+    fig.update_yaxes(title="true class", autorange="reversed", tickfont=dict(size=9) if large else None)
+    if large and all(type_and_sequence(n)[1] for n in class_names):
+        # Lines between tumour types: each block holds one type's sequences (T1 / T1C+ / T2).
+        types = [type_and_sequence(n)[0] for n in class_names]
+        for i in range(1, k):
+            if types[i] != types[i - 1]:
+                for axis in ("x", "y"):
+                    ends = dict(x0=i - 0.5, x1=i - 0.5, y0=-0.5, y1=k - 0.5) if axis == "x" else \
+                        dict(y0=i - 0.5, y1=i - 0.5, x0=-0.5, x1=k - 0.5)
+                    fig.add_shape(type="line", line=dict(color="#90A4AE", width=0.6), **ends)
+    fig = _layout(fig, min(1100, 160 + 19 * k) if large else 360, title=title)
+    if large:  # room for the long class names
+        fig.update_layout(margin=dict(l=150, b=150))
+    return fig
 
 
 def roc_fig(roc_curves: Mapping[str, Mapping[str, Sequence[float]]], roc_auc: Mapping[str, float],
@@ -159,11 +175,14 @@ def confidence_histogram(df: pd.DataFrame, class_names: Sequence[str], threshold
 
 
 def per_class_table(per_class: Mapping[str, Mapping[str, float]], class_names: Sequence[str]) -> pd.DataFrame:
-    """precision / recall / F1 / support per class as a DataFrame (index: class)."""
+    """precision / recall (with its Wilson 95 % interval when recorded) / F1 / support per class as a DataFrame
+    (index: class)."""
     rows = []
     for c in class_names:
         m = per_class.get(c, {})
-        rows.append({"class": c, "precision": m.get("precision"), "recall": m.get("recall"), "f1": m.get("f1"),
+        ci = m.get("recall_ci95") or [None, None]
+        rows.append({"class": c, "precision": m.get("precision"), "recall": m.get("recall"),
+                     "recall 95% CI": f"{ci[0]:.2f} – {ci[1]:.2f}" if ci[0] is not None else "–", "f1": m.get("f1"),
                      "support": int(m.get("support", 0) or 0)})
     return pd.DataFrame(rows).set_index("class")
 

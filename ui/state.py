@@ -16,6 +16,7 @@ from core.checkpoint import CARD_FILE, load_bundle
 from core.device import select_device
 from core.errors import CheckpointError
 from core.predictor import Predictor
+from core.registry import list_models
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
 RESEARCH_DETAIL = ("This tool classifies single 2-D brain MRI slices for research and review. It is not a "
@@ -31,6 +32,11 @@ class AppContext:
     uncertain_below: float
     upload_limit_mb: int
     audit_slot: object = None  # sidebar placeholder of the audit-trail line
+    weights_dir: Path | None = None  # the picked model's bundle folder (config.weights_dir or one below it)
+
+    def __post_init__(self) -> None:
+        if self.weights_dir is None:
+            self.weights_dir = Path(self.config.weights_dir)
 
     @property
     def class_names(self) -> list[str]:
@@ -107,6 +113,29 @@ def _sidebar_model(predictor: Predictor) -> None:
         st.markdown(f"SHA-256 `{b.sha256[:12]}`", help=f"Full SHA-256 of the weights file: {b.sha256}")
 
 
+MODEL_KEY = "model_pick"  # the sidebar's model picker (a bundle folder)
+
+
+def pick_model(root: Path) -> Path:
+    """The sidebar's model picker over the bundles of ``root`` (``core.registry``): the default bundle first,
+    then ``root/<model-name>/`` ones. Hidden when there is only one. Returns the picked bundle folder; every
+    page follows it (each model is loaded once per server process and cached)."""
+    models = list_models(root)
+    if len(models) <= 1:
+        return root
+    by_path = {str(e.path): e for e in models}
+    if st.session_state.get(MODEL_KEY) not in by_path:
+        st.session_state[MODEL_KEY] = str(models[0].path)
+    picked = st.sidebar.selectbox(
+        "Model", list(by_path), key=MODEL_KEY, format_func=lambda p: by_path[p].label,
+        help="\n\n".join(f"**{e.name}** {e.version} ({'default; ' if e.default else ''}{len(e.class_names)} "
+                          f"classes, SHA-256 {e.short_sha}): {', '.join(e.class_names[:6])}"
+                          f"{', …' if len(e.class_names) > 6 else ''}" for e in models))
+    entry = by_path[picked]
+    st.sidebar.caption(f"{len(entry.class_names)} classes. {entry.intended_use.split('. ')[0]}.")
+    return Path(picked)
+
+
 def bootstrap() -> AppContext:
     """Load config + model and draw the sidebar. On failure: a clear ``st.error`` and ``st.stop()``."""
     st.sidebar.markdown("### :material/neurology: MRI slice review")
@@ -117,7 +146,7 @@ def bootstrap() -> AppContext:
     except ConfigError as exc:
         st.error(f"The app configuration is invalid: {exc}", icon=":material/settings_alert:")
         st.stop()
-    weights = Path(config.weights_dir)
+    weights = pick_model(Path(config.weights_dir))
     try:
         predictor = load_predictor(str(weights), config.device, config.precision, _file_stamp(weights))
     except CheckpointError as exc:
@@ -143,7 +172,7 @@ def bootstrap() -> AppContext:
         audit = get_audit(str(config.audit_path))
     except Exception as exc:  # noqa: BLE001 - an unwritable data folder must not take the app down
         slot.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
-    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb(), slot)
+    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb(), slot, weights)
     show_audit_count(ctx)
     with st.sidebar:
         batch_progress_line()
@@ -215,6 +244,7 @@ SELECTED_KEY = "selected_file"  # {"path": str, "label": str} chosen on the batc
 SINGLE_PAGE = "pages/1_Single_scan.py"
 BATCH_PAGE = "pages/2_Batch_review.py"
 METRICS_PAGE = "pages/3_Model_metrics.py"
+STUDY_PAGE = "pages/4_Study_review.py"
 
 
 def neighbour_in_batch(label: str, step: int = 1) -> tuple[Path, str] | None:

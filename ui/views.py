@@ -187,13 +187,19 @@ def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description:
         (st.warning if missed["missed_confident"] else st.info)(
             missed_findings_text(missed, confident_at), icon=":material/visibility_off:")
 
-    left, right = st.columns(2)
+    large = len(class_names) > 12  # the 44-class model: the matrix gets the full width and zoom
+    left, right = (st.container(), st.container()) if large else st.columns(2)
     with left:
         norm = st.toggle("Row-normalised", value=False, key=f"{key}_cm_norm",
                          help="Off: counts. On: each row divided by the true-class total (recall on the diagonal).")
         st.plotly_chart(charts.confusion_matrix_fig(m["confusion_matrix"], class_names, normalise=norm,
                                                     title="Confusion matrix" + (" (row-normalised)" if norm else "")),
-                        key=f"{key}_cm", config={"displayModeBar": False})
+                        key=f"{key}_cm", config={"displayModeBar": large, "scrollZoom": large})
+        if large:
+            st.caption("Blocks: one tumour type each, its sequences (T1 / T1C+ / T2) inside. Drag to zoom, "
+                       "double-click to reset; hover for the count.")
+    if m.get("collapsed"):
+        collapsed_views_panel(m["collapsed"], key)
     with right:
         st.markdown("**Per-class precision / recall / F1**")
         table = charts.per_class_table(m.get("per_class", {}), class_names)
@@ -213,6 +219,24 @@ def metrics_set_view(m: dict, class_names: Sequence[str], key: str, description:
         st.plotly_chart(charts.reliability_fig(m.get("calibration", {}),
                                                {"calibrated": m.get("ece"), "uncalibrated": m.get("ece_uncalibrated")}),
                         key=f"{key}_rel", config={"displayModeBar": False})
+
+
+def collapsed_views_panel(collapsed: dict, key: str) -> None:
+    """The 44-class model's two merged views: tumour type (sequences merged) and sequence (types merged), each
+    with its accuracy, Wilson 95 % interval and confusion matrix."""
+    st.markdown("**Merged views** — the same predictions, with sequences merged (tumour type) or types merged "
+                "(sequence). A slice counts as right when its predicted class has the true type (or sequence).")
+    cols = st.columns(2)
+    for col, (name, title) in zip(cols, (("type", "Tumour type"), ("sequence", "Sequence"))):
+        view = collapsed.get(name)
+        if not view:
+            continue
+        with col:
+            col.metric(f"{title} accuracy", _fmt(view.get("accuracy"), ".1%"), help=_ci(view.get("accuracy_ci95")))
+            col.caption(_ci(view.get("accuracy_ci95")))
+            st.plotly_chart(charts.confusion_matrix_fig(view["confusion_matrix"], view["groups"],
+                                                        title=f"{title} ({len(view['groups'])} groups)"),
+                            key=f"{key}_{name}_cm", config={"displayModeBar": False})
 
 
 def audit_summary_view(summary: dict, report: dict | None) -> None:
@@ -311,6 +335,15 @@ def model_card_view(card: dict) -> None:
 
 
 # -- per-source figures ------------------------------------------------------------------------
+def metrics_for(bundle, weights_dir: str | Path) -> dict | None:
+    """The metrics file beside a model, only if it was measured for this very model (the record ``train.py`` and
+    ``core.evaluate`` write: its name and identity); None otherwise, so no other model's figures are quoted."""
+    from core.checkpoint import METRICS_FILE
+
+    measured = read_json(Path(weights_dir) / METRICS_FILE) or {}
+    return measured if measured.get("model") == {"name": bundle.name, **bundle.identity} else None
+
+
 def held_out_sets(metrics: dict) -> dict[str, dict]:
     """The held-out (test) sets of a metrics file, in file order; older single-tree files: Testing."""
     sets = metrics.get("sets", {}) or {}

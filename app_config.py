@@ -111,6 +111,12 @@ def _paths(value, base: Path) -> tuple[Path, ...]:
     return tuple(out)
 
 
+# Numeric settings and their allowed range: (key, type, lowest, highest, unit in the message).
+BOUNDED = (("uncertain_below", float, 0, 1, ""), ("gallery_page_size", int, 1, 200, ""),
+           ("pacs_connect_timeout", float, 0.1, 600, " seconds"), ("pacs_read_timeout", float, 0.1, 3600, " seconds"),
+           ("pacs_retries", int, 0, 10, ""), ("max_batch_jobs", int, 1, 64, ""))
+
+
 def load_config(env: Mapping[str, str] | None = None, config_file: str | os.PathLike | None = None) -> AppConfig:
     """Build the :class:`AppConfig` from defaults, the TOML file and the environment."""
     env = os.environ if env is None else env
@@ -152,32 +158,16 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
             kwargs["device"] = str(values["device"]).strip().lower() or "auto"
         if "precision" in values:
             kwargs["precision"] = str(values["precision"]).strip().lower() or "auto"
-        if "uncertain_below" in values:
-            kwargs["uncertain_below"] = float(values["uncertain_below"])
-            if not 0.0 <= kwargs["uncertain_below"] <= 1.0:
-                raise ConfigError("uncertain_below must be between 0 and 1")
-        if "gallery_page_size" in values:
-            kwargs["gallery_page_size"] = int(values["gallery_page_size"])
-            if not 1 <= kwargs["gallery_page_size"] <= 200:
-                raise ConfigError("gallery_page_size must be between 1 and 200")
         for key in ("pacs_url", "pacs_user", "pacs_password", "pacs_token", "pacs_dicomweb_root"):
             if key in values:
                 # A secret is taken as given (a space can be part of a password); names and paths are trimmed.
                 text = str(values[key]) if key in ("pacs_password", "pacs_token") else str(values[key]).strip()
                 kwargs[key] = text or (None if key != "pacs_dicomweb_root" else "/")
-        for key, low, high in (("pacs_connect_timeout", 0.1, 600), ("pacs_read_timeout", 0.1, 3600)):
+        for key, cast, low, high, unit in BOUNDED:
             if key in values:
-                kwargs[key] = float(values[key])
+                kwargs[key] = cast(values[key])
                 if not low <= kwargs[key] <= high:
-                    raise ConfigError(f"{key} must be between {low} and {high} seconds")
-        if "pacs_retries" in values:
-            kwargs["pacs_retries"] = int(values["pacs_retries"])
-            if not 0 <= kwargs["pacs_retries"] <= 10:
-                raise ConfigError("pacs_retries must be between 0 and 10")
-        if "max_batch_jobs" in values:
-            kwargs["max_batch_jobs"] = int(values["max_batch_jobs"])
-            if not 1 <= kwargs["max_batch_jobs"] <= 64:
-                raise ConfigError("max_batch_jobs must be between 1 and 64")
+                    raise ConfigError(f"{key} must be between {low} and {high}{unit}")
     except (TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, ConfigError):
             raise

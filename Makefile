@@ -24,7 +24,7 @@ train: $(VENV)/.installed  ## train the multi-source model with the shipped reci
 
 # The 44-class model (tumour type x sequence, Feltrin slices only, split as the multi-source model's Feltrin source)
 # into weights/feltrin44/, where the dashboard's model picker and `--model brain-mri-feltrin44` find it.
-train-feltrin44: $(VENV)/.installed  ## train the 44-class model into weights/feltrin44 (not yet shipped; see README)
+train-feltrin44: $(VENV)/.installed  ## train the 44-class model into weights/feltrin44 (CPU: about 30 min when idle)
 	$(PY) train.py --data-spec data_specs/feltrin44.json --arch efficientnet_lite0 --pretrained --augment scanner --tta hflip --ema 0.998 --epochs 14 --patience 14 --lr 1e-3 --threads 2 --seed 42 --version 1.0.0 --name brain-mri-feltrin44 --out weights/feltrin44
 
 # The shipped model's recorded command chain (weights/model_card.json), into runs/reproduce/ (CPU: about 1.5 h):

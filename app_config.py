@@ -26,6 +26,10 @@ PACS DICOMweb root     ``pacs_dicomweb_root``      ``MRI_PACS_DICOMWEB_ROOT`` (d
 PACS timeouts, retries ``pacs_connect_timeout``,   (TOML only; defaults 5 s, 30 s, 2 retries)
                        ``pacs_read_timeout``,
                        ``pacs_retries``
+Ray cluster (batch)    ``ray_address``             ``MRI_RAY_ADDRESS`` (HEAD:6379; unset: batch reviews run
+                                                   locally only; see README "Scaling out")
+sign-in (PACS page)    ``auth_config``             ``MRI_AUTH_CONFIG``: streamlit-authenticator YAML with
+                                                   bcrypt-hashed passwords (unset: the PACS page is closed)
 =====================  ==========================  ===========================================
 
 The upload size limit is Streamlit's own ``server.maxUploadSize`` in
@@ -74,6 +78,10 @@ class AppConfig:
     pacs_connect_timeout: float = 5.0
     pacs_read_timeout: float = 30.0
     pacs_retries: int = 2
+    # Sign-in for the PACS page (ui/auth.py): a streamlit-authenticator YAML file; None keeps that page closed.
+    auth_config: Path | None = None
+    # A Ray cluster the batch page may send a review to (core/ray_engine.py); None offers the local engine only.
+    ray_address: str | None = None
     source: str = "defaults"  # where the settings came from, for display
 
     @property
@@ -135,7 +143,9 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
                "MRI_DEVICE": "device", "MRI_PRECISION": "precision", "MRI_DATA_ROOT": "dataset_root", "MRI_UNCERTAIN_BELOW": "uncertain_below",
                "MRI_GALLERY_PAGE_SIZE": "gallery_page_size", "MRI_MAX_BATCH_JOBS": "max_batch_jobs",
                "MRI_PACS_URL": "pacs_url", "MRI_PACS_USER": "pacs_user", "MRI_PACS_PASSWORD": "pacs_password",
-               "MRI_PACS_TOKEN": "pacs_token", "MRI_PACS_DICOMWEB_ROOT": "pacs_dicomweb_root"}
+               "MRI_PACS_TOKEN": "pacs_token", "MRI_PACS_DICOMWEB_ROOT": "pacs_dicomweb_root",
+               "MRI_RAY_ADDRESS": "ray_address",
+               "MRI_AUTH_CONFIG": "auth_config"}
     for var, key in env_map.items():
         if env.get(var):
             values[key] = env[var]
@@ -154,10 +164,14 @@ def load_config(env: Mapping[str, str] | None = None, config_file: str | os.Path
             kwargs["data_dir"] = _paths([values["data_dir"]], base)[0]
         if "dataset_root" in values:
             kwargs["dataset_root"] = _paths([values["dataset_root"]], base)[0]
+        if "auth_config" in values:
+            kwargs["auth_config"] = _paths([values["auth_config"]], base)[0]
         if "device" in values:
             kwargs["device"] = str(values["device"]).strip().lower() or "auto"
         if "precision" in values:
             kwargs["precision"] = str(values["precision"]).strip().lower() or "auto"
+        if "ray_address" in values:
+            kwargs["ray_address"] = str(values["ray_address"]).strip() or None
         for key in ("pacs_url", "pacs_user", "pacs_password", "pacs_token", "pacs_dicomweb_root"):
             if key in values:
                 # A secret is taken as given (a space can be part of a password); names and paths are trimmed.

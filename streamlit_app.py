@@ -20,6 +20,7 @@ navigation = st.navigation([
     st.Page(state.BATCH_PAGE, title="Batch review", icon=":material/folder_open:", url_path="batch-review"),
     st.Page(state.STUDY_PAGE, title="Study review", icon=":material/stacks:", url_path="study-review"),
     st.Page(state.METRICS_PAGE, title="Model metrics", icon=":material/monitoring:", url_path="model-metrics"),
+    st.Page(state.PACS_PAGE, title="PACS", icon=":material/dns:", url_path="pacs"),
 ])
 state.bootstrap()  # model + sidebar; shows the error and stops if the model cannot be loaded
 navigation.run()

@@ -9,8 +9,12 @@
 #   batch        python -m core.batch over Testing with Grad-CAM on the GPU; accuracy from its CSV
 #   train_timing train.py on the GPU for a few epochs with Testing standing in as the training
 #                tree: it times an epoch only; its weights are thrown away and never shipped
+#   gpu_input    the tensor input path (core/gpu_preprocess.py: decode_jpeg on the GPU, head search and crop as
+#                tensor ops) against the CPU definition on every Testing JPEG: box within 2 px, same prediction
+#   input_paths  python -m bench.input_path_section on the GPU: decode / crop / forward ms and end-to-end img/s of
+#                each input path, the fraction of forward-only (issue 22; JSON in OUT_DIR/input_paths.json)
 #   bench        python -m bench on the GPU (writes bench/results/gpu-*.json, bench/README_section_gpu.md,
-#                and the timing run's card to bench/results/training/)
+#                and the timing run's card to bench/results/training/; it has the input_paths section too)
 #
 # GPU_CHECK_SECONDS (default 560) bounds the whole run; DEVICE (default cuda) and BENCH_ARGS /
 # TRAIN_ARGS let a CPU machine rehearse the script before a GPU is spent on it.
@@ -56,6 +60,39 @@ right = sum(r["correct"] == "True" for r in ok)
 print(f"{len(rows)} rows, {len(rows) - len(ok)} unreadable, accuracy {right / max(len(ok), 1):.4f} ({right}/{len(ok)}), "
       f"flagged outside intended use {sum(r['ood'] == 'True' for r in ok)}, CAM peaks {sum(bool(r['cam_peak_x']) for r in ok)}")
 PY
+
+# Issue 22's fast input path first: its figures must not depend on what the later steps leave of the budget.
+step gpu_input 75 "$py" - "$data/Testing" "$device" <<'PY'
+import sys, time
+from pathlib import Path
+import numpy as np, torch
+from dataclasses import replace
+from core.checkpoint import load_bundle
+from core.device import select_device
+from core.gpu_preprocess import stream_batches
+from core.image_io import decode_bytes
+from core.predictor import Predictor
+from core.preprocess import preprocess_decoded
+dev = select_device(sys.argv[2])
+bundle = load_bundle("weights")
+spec = replace(bundle.spec, head_search="gamma_hist")
+pred = Predictor(replace(bundle, spec=spec), dev)
+files = sorted(Path(sys.argv[1]).rglob("*.jpg"))
+t0, same_box, same_pred, n = time.perf_counter(), 0, 0, 0
+for chunk, tb in stream_batches(files, spec, dev, batch_size=256):
+    ref = [preprocess_decoded(decode_bytes(f.read_bytes()), spec) for f in chunk]
+    ok = [r for r, e in zip(ref, tb.errors) if not e]
+    a = pred.predict_preprocessed(ok)
+    b = pred.predict_preprocessed([it for it in tb.items() if it is not None])
+    same_pred += sum(x.index == y.index for x, y in zip(a, b))
+    same_box += sum(max(abs(p - q) for p, q in zip(r.crop_box, bx)) <= 2 for r, bx, e in zip(ref, tb.boxes, tb.errors) if not e)
+    n += len(ok)
+print(f"{n} slices on {dev}: box within 2 px {same_box / n:.4f} (target >= 0.99), same prediction {same_pred / n:.4f} "
+      f"(target >= 0.995), {time.perf_counter() - t0:.0f} s with the CPU reference")
+PY
+
+step input_paths 100 "$py" -m bench.input_path_section --device "$device" --data "$data/Testing" --images 1311 \
+    --out "$out/input_paths.json"
 
 step train_timing 150 "$py" train.py --data-root "$data" --train-dir Testing --test-dir "" --device "$device" \
     --epochs 5 --patience 5 --workers "$(nproc)" --cache-dir "$out/cache" --out "$out/train_timing" \

@@ -39,10 +39,11 @@ from bench.common import (DEFAULT_DATA, REPO, ForeignLoad, Timer, cores, cycle, 
 
 FULL = dict(images=0, vgg_images=256, sizes=[1, 8, 32, 64, 128, 256], warm_runs=100, cold_runs=50, vgg_warm_runs=20,
             cam_sizes=[1, 32, 128], memory_images=5000, single_memory_calls=1000, tune_images=384, compile=True, accuracy=True,
-            gpu_images=10000, fwd_reps=5, generated=600, ray=True)
+            gpu_images=10000, fwd_reps=5, generated=600, ray=True, ray_memory_files=20_000)
 QUICK = dict(images=32, vgg_images=8, sizes=[4, 16], warm_runs=5, cold_runs=1, vgg_warm_runs=2, cam_sizes=[16],
              memory_images=96, single_memory_calls=20, tune_images=16, compile=False, accuracy=False, gpu_images=256, fwd_reps=1, generated=32,
-             backends_bs=8, all_backends=False, fp32_sweep=False, cam_engine_bs=8, ray=False)
+             backends_bs=8, all_backends=False, fp32_sweep=False, cam_engine_bs=8, ray=False,
+             ray_memory_files=0)
 FULL.update(backends_bs=64, all_backends=True, fp32_sweep=True, cam_engine_bs=32)
 
 
@@ -713,6 +714,10 @@ def render(r: dict) -> str:
             + (f" of {v['train_images']} {v['image_size']} px images from `{v['data']}`" if v.get("train_images") else "")
             + " (" + (f"{v['images_per_s']} img/s; " if v.get("images_per_s") else "") + f"`{v['source']}`)"
             for dev, v in tr.items()) + ".")
+    from bench.input_path_section import render_input_paths  # issue 22's section, when the run has it
+
+    if render_input_paths(r.get("input_paths")):
+        parts.append(render_input_paths(r.get("input_paths")))
     tg = r.get("targets", {})
     if tg:
         rows = [[k, next(str(x) for kk, x in v.items() if kk != "met"), "met" if v["met"] else "MISSED"]
@@ -866,10 +871,22 @@ def main(argv: list[str] | None = None) -> int:
     run("throughput", throughput_sweep, ours, variants, vgg, files, vgg_files, cfg, tuned, vgg_tune["chosen"], device)
     run("cam_throughput", cam_throughput, ours, files, cfg, tuned)
     if cfg["ray"] and weights != "random" and "ray" not in skip and device.type == "cpu":
-        from bench.ray_section import compare_engines  # the Ray engine against the local one, same files
+        from bench.ray_section import section as ray_section  # Ray vs local engine, same files; driver memory
 
-        run("ray", compare_engines, ours, weights, files, 16, (0, n_cores), n_cores)
+        run("ray", ray_section, ours, weights, files, 16, (0, n_cores), n_cores, memory_files=cfg["ray_memory_files"])
     run("cam_engines", cam_engines, ours, files, min(cfg["cam_engine_bs"], len(files)))
+    from bench.input_path_section import input_paths  # each input path side by side (issue 22)
+
+    run("input_paths", input_paths, bundle, device, files, 64 if not args.quick else cfg["sizes"][-1],
+        200 if not args.quick else 8, 384 if not args.quick else cfg["sizes"][-1])
+    if weights != "random" and "pacs" not in skip and not args.quick and device.type == "cpu":
+        from bench.pacs_section import pacs_bench  # a 155-slice study from a local Orthanc: retrieve, review, send
+
+        run("pacs", pacs_bench, ours)
+    if not args.quick and "study" not in skip and device.type == "cpu":
+        from bench.study_section import README_FILE, study_section  # whole series reviewed, slice change (issue 18)
+
+        run("study", study_section, ours, weights, readme=README_FILE, output=f"bench/results/{out.name}")
     if device.type == "cuda":
         gpu_objs = {k: v for k, v in objects.items()}
         run("gpu", gpu_section, gpu_objs, files, cfg, device, bundle)

@@ -82,6 +82,31 @@ CREATE TABLE IF NOT EXISTS feedback (
     ("CREATE TRIGGER IF NOT EXISTS feedback_no_delete BEFORE DELETE ON feedback "
      "BEGIN SELECT RAISE(ABORT, 'reader feedback is append-only'); END"),
 )
+# PACS events (the dashboard's PACS page): who searched, reviewed and sent what, append-only like feedback.
+# Study/series UIDs, the app's hashed study key and the SOP Instance UIDs written only: never a patient name, id
+# or birth date (search filters are recorded by name, not by value). Trails from before this table gain it.
+_PACS_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS pacs_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('query', 'review', 'send')),
+    study_uid TEXT,
+    series_uid TEXT,
+    study_key TEXT,
+    sop_uids TEXT,
+    detail TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS pacs_events_by_study ON pacs_events (study_uid)",
+    ("CREATE TRIGGER IF NOT EXISTS pacs_events_no_update BEFORE UPDATE ON pacs_events "
+     "BEGIN SELECT RAISE(ABORT, 'PACS events are append-only'); END"),
+    ("CREATE TRIGGER IF NOT EXISTS pacs_events_no_delete BEFORE DELETE ON pacs_events "
+     "BEGIN SELECT RAISE(ABORT, 'PACS events are append-only'); END"),
+)
+PACS_EVENT_COLUMNS = ("id", "timestamp", "user", "action", "study_uid", "series_uid", "study_key", "sop_uids", "detail")
+PACS_ACTIONS = ("query", "review", "send")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 FEEDBACK_COLUMNS = ("id", "timestamp", "prediction_id", "file_sha256", "model_sha256", "model_version", "predicted",
                     "verdict", "reader_class", "note", "reader")
 # What export_csv adds to each prediction: its newest feedback row, if any.
@@ -140,6 +165,8 @@ class AuditTrail:
             if "model_version" not in {r[1] for r in con.execute("PRAGMA table_info(predictions)")}:
                 con.execute("ALTER TABLE predictions ADD COLUMN model_version TEXT")
             for statement in _FEEDBACK_SCHEMA:  # trails from before reader feedback gain the table
+                con.execute(statement)
+            for statement in _PACS_SCHEMA:  # trails from before the PACS page gain its table
                 con.execute(statement)
 
     def _connect(self) -> sqlite3.Connection:
@@ -313,6 +340,57 @@ class AuditTrail:
     def export_error_cases_csv(self) -> str:
         """:meth:`error_cases` as CSV text (``FEEDBACK_COLUMNS``)."""
         return _csv_text(FEEDBACK_COLUMNS, self.error_cases())
+
+    # ---- PACS events -----------------------------------------------------------------------------------------
+
+    def record_pacs_event(self, *, user: str, action: str, study_uid: str | None = None,
+                          series_uid: str | None = None, study_key: str | None = None,
+                          sop_uids: list[str] | None = None, detail: dict | None = None) -> int:
+        """Append one PACS query, review or send by ``user``; returns its row id.
+
+        UIDs must be DICOM UIDs (digits and dots), so no free text (a name) can slip into those columns;
+        ``detail`` is stored as JSON and must hold no patient data (the caller's contract)."""
+        user = clean_text(user, max_chars=MAX_READER_CHARS, field="The user", multiline=False)
+        if not user:
+            raise ValueError("a PACS event needs the signed-in user")
+        if action not in PACS_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(PACS_ACTIONS)}, not {action!r}")
+        for uid in [study_uid, series_uid, *(sop_uids or [])]:
+            if uid is not None and not (len(uid) <= 64 and _UID.fullmatch(uid)):
+                raise ValueError(f"{uid!r} is not a DICOM UID")
+        row = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), user, action, study_uid, series_uid, study_key,
+               json.dumps(list(sop_uids)) if sop_uids is not None else None,
+               json.dumps(detail, sort_keys=True) if detail is not None else None)
+        with self._lock, closing(self._connect()) as con, con:
+            cur = con.execute(f"INSERT INTO pacs_events ({', '.join(PACS_EVENT_COLUMNS[1:])}) "
+                              f"VALUES ({', '.join('?' * (len(PACS_EVENT_COLUMNS) - 1))})", row)
+            return int(cur.lastrowid)
+
+    def pacs_events(self, limit: int = -1, study_uid: str | None = None) -> list[dict]:
+        """PACS events, newest first (``sop_uids`` and ``detail`` decoded from JSON)."""
+        sql, args = f"SELECT {', '.join(PACS_EVENT_COLUMNS)} FROM pacs_events", ()
+        if study_uid is not None:
+            sql, args = sql + " WHERE study_uid = ?", (study_uid,)
+        with closing(self._connect()) as con:
+            rows = con.execute(sql + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
+        out = [dict(zip(PACS_EVENT_COLUMNS, r)) for r in rows]
+        for r in out:
+            r["sop_uids"] = json.loads(r["sop_uids"]) if r["sop_uids"] else []
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+        return out
+
+    def pacs_status(self, study_uids: list[str]) -> dict[str, str]:
+        """"sent" or "reviewed" for each study that has such an event (studies without one are left out)."""
+        if not study_uids:
+            return {}
+        marks = ", ".join("?" * len(study_uids))
+        with closing(self._connect()) as con:
+            rows = con.execute(f"SELECT study_uid, action FROM pacs_events WHERE action IN ('review', 'send') "
+                               f"AND study_uid IN ({marks})", list(study_uids)).fetchall()
+        out: dict[str, str] = {}
+        for uid, action in rows:
+            out[uid] = "sent" if action == "send" or out.get(uid) == "sent" else "reviewed"
+        return out
 
 
 def _check_reader_class(verdict: str, reader_class: str | None, predicted: str | None,

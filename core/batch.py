@@ -2,10 +2,14 @@
 
     python -m core.batch SOURCE --out results.csv [--cam-method gradcam] [--device auto] [--resume]
                          [--audit-db PATH | --no-audit] [--num-workers N]
-                         [--engine ray [--ray-address ADDR] [--gpus-per-worker G]]
+                         [--engine ray [--ray-address ADDR] [--gpus-per-worker G]] [--parquet-dir DIR]
+    python -m core.batch FOLDER --studies --out series.csv [--slices-out slices.csv] [--resume]
 
-SOURCE is a folder, walked lazily (``core.files.iter_image_files``), or a text file listing one path per
-line. Files go through the one pipeline (:func:`core.pipeline.stream`, or its two stages on Ray Data with
+With ``--studies`` (chosen automatically for a folder of NIfTI volumes or zips and no 2-D images) FOLDER holds
+whole series: one row per series plus a per-slice CSV (``core.study_batch``).
+
+SOURCE is a folder, walked lazily (``core.files.iter_image_files``), or a text file listing one path or URI
+(``file://``, ``s3://``…, read through fsspec) per line. Files go through the one pipeline (:func:`core.pipeline.stream`, or its two stages on Ray Data with
 ``--engine ray``, see ``core.ray_engine``), so memory does not grow with the folder. Each row is appended
 to the CSV and flushed a chunk at a time: an interruption loses at most the chunk in flight, and ``--resume``
 skips every file already in the CSV, whichever engine wrote it. A file that cannot be read becomes a row
@@ -35,11 +39,12 @@ from core.audit_trail import AuditTrail, default_audit_path, prediction_record
 from core.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.device import select_device
 from core.errors import CheckpointError
-from core.files import count_image_files, iter_image_files, resolve_within
+from core.files import count_image_files, iter_image_files, iter_list_file, resolve_within
 from core.image_io import DEFAULT_LIMITS, DecodeLimits
 from core.pipeline import Result, display_path, stream
 from core.predictor import Prediction, Predictor
 from core.registry import find_model
+from core.shards import ParquetShards
 
 DEFAULT_UNCERTAIN_BELOW = 0.6
 
@@ -116,19 +121,14 @@ def local_engine(num_workers: int | None = 0) -> Engine:
 
 def list_sources(source: str | Path, skipped: list[tuple[str, str]] | None = None) -> tuple[Path, Iterator[Path]]:
     """The files of a batch source: a folder (walked lazily, see :func:`core.files.iter_image_files`) or a
-    list file with one path per line (blank lines and ``#`` comments ignored; relative paths are taken
-    against the list file's folder). Returns the root that row paths are relative to, and the files."""
+    list file with one path or URI per line (:func:`core.files.iter_list_file`: blank lines and ``#`` comments
+    ignored; relative paths are taken against the list file's folder; ``file://``, ``s3://``… URIs are read
+    through fsspec). Returns the root that row paths are relative to, and the files."""
     source = Path(source)
     if source.is_dir():
         return source, iter_image_files(source, skipped=skipped)
-    if source.is_file():
-        base = source.parent
-        try:
-            text = source.read_text()
-        except UnicodeDecodeError:
-            raise ValueError(f"{source} is not a folder or a text file listing paths") from None
-        lines = (ln.strip() for ln in text.splitlines())
-        return base, (base / ln for ln in lines if ln and not ln.startswith("#"))
+    if source.is_file():  # paths and URIs (read through fsspec), streamed line by line
+        return source.parent, iter_list_file(source)
     raise ValueError(f"{source} is not a folder or a list file")
 
 
@@ -137,7 +137,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
               cancel: threading.Event | None = None, audit: AuditTrail | None = None,
               uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, limits: DecodeLimits = DEFAULT_LIMITS,
               skipped: list[tuple[str, str]] | None = None,
-              allowed_roots: list[str | Path] | None = None, engine: Engine | None = None) -> Iterator[dict]:
+              allowed_roots: list[str | Path] | None = None, engine: Engine | None = None,
+              parquet_dir: str | Path | None = None) -> Iterator[dict]:
     """Review every image below ``root`` (or every file a list file names), yielding one row per file as soon
     as it is done, in walk order.
 
@@ -148,7 +149,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
     them (``../``, absolute paths, symlinks) raises :class:`core.files.PathNotAllowedError` before anything
     is read or written. ``engine``: where the files are predicted (default :func:`local_engine`); rows,
     columns, resume and the audit trail are the same whichever engine runs, and only this (driver) process
-    writes the CSV and the audit trail.
+    writes the CSV and the audit trail. ``parquet_dir``: also write the rows there as Parquet shards
+    (:class:`core.shards.ParquetShards`; RuntimeError without pyarrow).
     """
     if allowed_roots is not None:
         root = resolve_within(root, allowed_roots)
@@ -163,6 +165,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
     columns = csv_columns(predictor.class_names)
     out_path = Path(out_csv) if out_csv else None
     skip = done_paths(out_path) if (out_path and resume) else set()
+    # Opened first: a missing pyarrow or shards of other columns stop the run before anything is written.
+    shards = ParquetShards(parquet_dir, columns, resume=resume) if parquet_dir else None
     writer = handle = None
     if out_path:
         new_file = not (resume and out_path.exists())
@@ -178,6 +182,10 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
         if new_file:
             writer.writeheader()
             handle.flush()
+    if shards is not None and resume:  # rows a killed run had only in the CSV first; then skip what shards hold
+        if out_path is not None and out_path.exists():
+            shards.catch_up(out_path)
+        skip |= shards.paths()
     model = model_fields(predictor)
     todo = (f for f in files if display_path(f, base) not in skip) if skip else files
     engine = engine or local_engine()
@@ -189,6 +197,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
         if writer is not None:
             writer.writerows(rows)
             handle.flush()
+        if shards is not None:
+            shards.add(rows)
         if audit is not None:
             audit.record_many([prediction_record(
                 res, source="batch", model_sha256=predictor.bundle.sha256, model_version=predictor.bundle.version,
@@ -209,6 +219,8 @@ def run_batch(predictor: Predictor, root: str | Path, out_csv: str | Path | None
     finally:
         if handle is not None:
             handle.close()
+        if shards is not None:
+            shards.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folder", metavar="SOURCE",
                    help="folder to walk recursively (JPG, PNG, TIFF, BMP, DICOM), or a text file listing one path "
-                        "per line (relative to the list file's folder)")
+                        "(relative to the list file's folder) or URI (file://, s3://… through fsspec) per line")
     p.add_argument("--out", default="results.csv", help="CSV to write (rows are appended as they finish)")
     p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder, or with --model the registry "
                                                                       "folder holding it (core.registry)")
@@ -241,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --engine ray: join this cluster (e.g. 10.0.0.1:6379 or 'auto'); default: start Ray "
                         "on this machine")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per model actor")
+    p.add_argument("--parquet-dir", default=None,
+                   help="also write the rows (the CSV's columns, typed) as Parquet shards part-NNNNN.parquet in this "
+                        "folder, for very large runs (needs pyarrow; --resume continues them)")
+    from core.study_batch import add_study_arguments, is_study_folder, run_cli  # whole series: core/study_batch.py
+
+    add_study_arguments(p)
     args = p.parse_args(argv)
     if args.engine == "local" and (args.ray_address or args.gpus_per_worker):
         p.error("--ray-address and --gpus-per-worker need --engine ray")
@@ -254,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if not folder.exists():
         print(f"error: {folder} is not a folder or a list file", file=sys.stderr)
         return 2
+    if args.studies or is_study_folder(folder):
+        return run_cli(args, predictor)  # a folder of studies (NIfTI, DICOM series folders, zips): a row per series
     if args.engine == "ray":
         from core.ray_engine import RayEngine  # Ray is optional: imported only when asked for
 
@@ -279,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=total, desc="reviewing", unit="img") as bar:
             for row in run_batch(predictor, folder, args.out, cam_method=args.cam_method, resume=args.resume,
                                  chunk_size=args.chunk_size, audit=audit, uncertain_below=args.uncertain_below,
-                                 skipped=skipped, engine=engine):
+                                 skipped=skipped, engine=engine, parquet_dir=args.parquet_dir):
                 counts["done"] += 1
                 counts["errors"] += bool(row["error"])
                 bar.update(1)
@@ -287,14 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {counts['done']} rows saved in {args.out}; rerun with --resume to continue",
               file=sys.stderr)
         return 130
-    except ValueError as exc:  # e.g. --resume into a CSV with other columns
+    except (ValueError, RuntimeError) as exc:  # --resume into other columns; no pyarrow; Ray cluster unreachable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         getattr(engine, "close", lambda: None)()  # stops a local Ray the engine started
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    print(f"wrote {counts['done']} rows ({counts['errors']} unreadable) to {args.out}")
+    print(f"wrote {counts['done']} rows ({counts['errors']} unreadable) to {args.out}"
+          + (f" and Parquet shards in {args.parquet_dir}" if args.parquet_dir else ""))
     return 0
 
 

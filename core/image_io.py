@@ -285,3 +285,93 @@ def decode_bytes(data: bytes, name: str = "upload", limits: DecodeLimits = DEFAU
 
         return decode_dicom(data, name, limits, include_identifying_tags, with_display)
     return _decode_pil(data, name, limits)
+
+
+@dataclass
+class ReducedJpeg:
+    """A JPEG decoded by libjpeg at 1/``factor`` scale (DCT scaling), straight to 8-bit grey.
+
+    ``grey8``: uint8 (ceil(H / factor), ceil(W / factor)), 0 = black: the JPEG's own luma (Y) plane, which for
+    an RGB scan equals the BT.601 luma :func:`array_to_grey` computes, without a float RGB copy.
+    ``full_size``: (width, height) of the full image, as :attr:`DecodedImage.size`; geometry is reported in it.
+    ``colourfulness``: estimated from every 4th pixel of the decoded chroma planes (0 for a grey JPEG).
+    """
+
+    grey8: np.ndarray
+    full_size: tuple[int, int]
+    factor: int
+    source_format: str = "JPEG"
+    original_mode: str = "L"
+    bit_depth: int = 8
+    colourfulness: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def metadata(self) -> DecodedImage:
+        """What the decode learned, as a :class:`DecodedImage` without pixels (shape (0, 0)): the colour gate
+        and the result rows read it; a consumer that needs full-resolution pixels decodes fully instead."""
+        return DecodedImage(np.zeros((0, 0), np.float32), self.source_format, self.original_mode, self.bit_depth,
+                            self.colourfulness, list(self.warnings))
+
+
+# BT.601 YCbCr -> RGB: the channel differences depend on chroma only, so chroma gives colourfulness directly.
+_CHROMA_TO_DIFFS = np.array([[0.344136, 2.116136], [-2.116136, -0.714136], [1.772, -1.402]], np.float32)
+
+
+def _chroma_colourfulness(ycc: np.ndarray) -> float:
+    """:func:`colourfulness` of a uint8 (H, W, 3) YCbCr image, from every 4th pixel (a gate, not a measure)."""
+    c = ycc[::4, ::4, 1:].reshape(-1, 2).astype(np.float32) - 128.0
+    return float(np.abs(c @ _CHROMA_TO_DIFFS.T).sum(axis=1).mean() / 2.0 / 255.0)
+
+
+def reduction_factor(width: int, height: int, min_long_side: int) -> int:
+    """Largest JPEG DCT scale 1/f (f in 8, 4, 2, 1) that keeps the longer side at ``min_long_side`` px or more."""
+    long_side = max(width, height)
+    return next(f for f in (8, 4, 2, 1) if f == 1 or -(-long_side // f) >= min_long_side)
+
+
+def decode_jpeg_reduced(data: bytes, name: str, limits: DecodeLimits, min_long_side: int) -> ReducedJpeg | None:
+    """Decode a baseline/progressive grey or YCbCr JPEG at the smallest DCT scale that keeps ``min_long_side``.
+
+    Returns None when ``data`` is not such a JPEG (PNG, DICOM, CMYK JPEG, ...): the caller then decodes fully
+    with :func:`decode_bytes`, which also produces the precise error for unreadable input. Pillow's
+    ``Image.draft`` was chosen over OpenCV's ``IMREAD_REDUCED_*`` (``python -m bench.input_path_section``
+    compares them): it reads the header first, so the pixel limits hold before any pixel is decoded, and it
+    can return the chroma planes unconverted, which the colour gate needs.
+    Raises ImageLoadError for a JPEG whose header passes but whose data is corrupt, or that breaks a limit.
+    """
+    if _image_magic(data) != "JPEG":
+        return None
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - let the full decoder word the error
+        return None
+    if im.format != "JPEG" or im.mode not in ("L", "RGB"):
+        return None
+    w, h = im.size
+    if w * h > limits.max_pixels or min(w, h) < limits.min_side:
+        return None  # decode_bytes refuses it with the standard message
+    factor = reduction_factor(w, h, min_long_side)
+    colour = im.mode == "RGB"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Pillow picks the largest scale 1/s with s <= min(w // req_w, h // req_h), hence floor sizes here.
+            drafted = im.draft("YCbCr" if colour else "L", (max(1, w // factor), max(1, h // factor)))
+            factor = int(round(w / drafted[1][2])) if drafted else 1
+            im.load()
+            orientation = im.getexif().get(0x0112, 1)
+            if orientation not in (1, None):  # rare: only then pay for the transpose
+                im = ImageOps.exif_transpose(im)
+                w, h = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        msg = str(exc)
+        if "truncated" in msg or "broken data stream" in msg:
+            raise ImageLoadError(f"{name}: JPEG file is truncated or corrupt ({msg})") from None
+        raise ImageLoadError(f"{name}: cannot decode JPEG data ({msg})") from None
+    if im.mode != ("YCbCr" if colour else "L"):  # Pillow declined the raw colour space: decode fully instead
+        return None
+    if colour:
+        grey8 = np.ascontiguousarray(arr[..., 0])
+        return ReducedJpeg(grey8, (w, h), factor, "JPEG", "RGB", 8, _chroma_colourfulness(arr))
+    return ReducedJpeg(np.ascontiguousarray(arr), (w, h), factor, "JPEG", "L", 8)

@@ -32,6 +32,21 @@ import requests
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+class _NoQueryStrings(logging.Filter):
+    """QIDO-RS URLs carry the search filters (a patient ID) in their query string, and the HTTP stack logs URLs at
+    DEBUG: its records keep the path only, so a debug log never holds a patient identifier."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = re.sub(r"\?[^\s'\"]*", "?<query>", message), ()
+        return True
+
+
+for _name in ("dicomweb_client.web", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_NoQueryStrings())
+
 RETRYABLE_STATUS = (429, 502, 503, 504)
 
 

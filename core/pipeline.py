@@ -36,9 +36,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import ImageLoadError
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, DecodedImage, decode_bytes, read_source_bytes
+from core.files import is_uri, read_uri_bytes, uri_name
+from core.image_io import DEFAULT_LIMITS, DecodeLimits, DecodedImage, read_source_bytes
 from core.predictor import Prediction
-from core.preprocess import Preprocessed, PreprocessSpec, preprocess, preprocess_decoded
+from core.preprocess import Preprocessed, PreprocessSpec, decode_for, preprocess, preprocess_decoded
 
 if TYPE_CHECKING:  # grad-cam is imported only when CAMs are asked for
     from core.cam import CamResult
@@ -54,7 +55,7 @@ class InMemory:
     image: DecodedImage
 
 
-Source = Union[str, Path, InMemory]
+Source = Union[str, Path, InMemory]  # a str may be a URI (core.files.is_uri), read through fsspec
 #: Applied to the decoded pixels (float32 (H, W) in [0, 1]) of the file at ``index`` in the input; returns an
 #: array (any dtype, decoded again as an array) or encoded file bytes. Must be picklable for worker processes.
 Transform = Callable[[np.ndarray, int], Union[np.ndarray, bytes]]
@@ -111,8 +112,10 @@ class PipelineBatch:
         return self
 
 
-def display_path(path: Path, root: str | Path | None) -> str:
-    """``path`` relative to ``root`` (POSIX separators) when it lies below it, else as given."""
+def display_path(path: Path | str, root: str | Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when it lies below it, else as given (a URI as is)."""
+    if is_uri(path):
+        return str(path)
     if root is not None:
         try:
             return path.relative_to(root).as_posix()
@@ -129,8 +132,11 @@ def load_file(source: Source, spec: PreprocessSpec, root: str | Path | None = No
     Never raises for a bad file: the :class:`Result` carries the error text (which names the file; the audit
     trail replaces the name, see :func:`core.audit_trail.prediction_record`).
     """
+    uri = is_uri(source)  # a list file's URI entry: read through fsspec (core.files.read_uri_bytes)
     if isinstance(source, InMemory):
         out, name = Result(source.name, index), source.name
+    elif uri:
+        out, name = Result(str(source), index), uri_name(source)
     else:
         path = Path(source)
         name = path.name
@@ -142,12 +148,13 @@ def load_file(source: Source, spec: PreprocessSpec, root: str | Path | None = No
             decoded = source.image
             t1 = t2 = time.perf_counter()
         else:
-            data, _ = read_source_bytes(path, limits)
+            data = read_uri_bytes(source, limits.max_bytes) if uri else read_source_bytes(path, limits)[0]
             if hash_file:  # kept on error rows too once the bytes are read (audit: which file failed)
                 out.sha256 = hashlib.sha256(data).hexdigest()
             t1 = time.perf_counter()
             stage = "decode"
-            decoded = decode_bytes(data, name, limits)
+            # A fast spec decodes a JPEG at the size its crop needs, unless full pixels are wanted (issue 22).
+            decoded = decode_for(data, name, spec, limits, full=keep_pixels or transform is not None)
             t2 = time.perf_counter()
         if transform is not None:
             stage = "transform"
@@ -204,7 +211,7 @@ def default_workers(device: torch.device) -> int:
 
 
 def _as_source(f: Source) -> Source:
-    return f if isinstance(f, InMemory) else Path(f)
+    return f if isinstance(f, InMemory) or is_uri(f) else Path(f)
 
 
 def iter_batches(files: Iterable[Source], spec: PreprocessSpec, *, batch_size: int = 64,

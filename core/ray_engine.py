@@ -11,12 +11,17 @@ one writer and resume works whichever engine wrote a row.
 
 Ray is optional: ``core`` never imports it at module level, and :class:`RayEngine` says how to install it.
 Every node needs the project at the same path as the driver (workers import ``core`` from it) and the weights
-folder at the same path; nothing is uploaded. Results travel between stages as
+folder at the same path; nothing is uploaded. Files are read where stage 1 runs: paths from storage every node
+mounts at the same path, URIs of a list file through fsspec (each node then needs the scheme's fsspec package and
+its credentials). The dashboard's batch page joins the cluster it is configured with (``ray_address``) through
+:meth:`RayEngine.connect` and keeps the connection for the server's life. Results travel between stages as
 :class:`core.pipeline.Result` objects in a Python-object column (a 160 px float32 image, about 100 kB, per
 readable file until it is predicted).
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from itertools import islice
 from pathlib import Path
@@ -24,6 +29,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from core.files import is_uri
 from core.image_io import DEFAULT_LIMITS, DecodeLimits
 from core.pipeline import PipelineBatch, Result, Source, load_file, predict_batch
 
@@ -32,13 +38,25 @@ REPO = Path(__file__).resolve().parent.parent
 WINDOW = 8192  # paths handed to Ray per dataset: the driver never holds a whole archive's list
 
 
+class RayUnavailableError(RuntimeError):
+    """Ray is not installed, or the cluster cannot be joined. ``str(err)`` is user-facing (CLI and dashboard)."""
+
+
 def import_ray():
-    """The ``ray`` module with Ray Data, or a RuntimeError that says how to install it."""
+    """The ``ray`` module with Ray Data, or a :class:`RayUnavailableError` that says how to install it.
+
+    Ray's usage statistics are switched off first (unless the environment says otherwise): a clinical tool sends
+    nothing home, and Ray Data's collector threads query a Prometheus that is not there and log each failure with
+    a traceback; on CPython 3.11 formatting a traceback in one thread while Streamlit compiles a page in another
+    can fail the page ("AST constructor recursion depth mismatch").
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     try:
         import ray
         import ray.data  # noqa: F401 - Ray Data is a separate extra
     except ImportError:
-        raise RuntimeError(f"install ray[data]=={RAY_PIN} to use --engine ray "
+        raise RayUnavailableError(f"install ray[data]=={RAY_PIN} to use --engine ray "
                            f"(.venv/bin/pip install 'ray[data]=={RAY_PIN}')") from None
     return ray
 
@@ -47,7 +65,7 @@ def _load_stage(batch: dict[str, np.ndarray], spec, root: str | None, limits: De
                 hash_files: bool) -> dict[str, np.ndarray]:
     """Stage 1 (a Ray task): {"i": int64 (n,), "path": str (n,)} -> {"i", "result": object (n,) of Result}."""
     return {"i": batch["i"], "result": _objects(
-        [load_file(Path(p), spec, root, limits, hash_file=hash_files, index=int(i))
+        [load_file(str(p) if is_uri(p) else Path(p), spec, root, limits, hash_file=hash_files, index=int(i))
          for i, p in zip(batch["i"], batch["path"])])}
 
 
@@ -82,6 +100,23 @@ class _PredictStage:
         return {"i": batch["i"], "result": _objects(out)}
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise :class:`RayUnavailableError` unless something accepts a TCP connection at ``address`` ("host:port",
+    or "ray://host:port"); "auto" (the cluster ``ray start`` left on record here) is left to Ray."""
+    target = address.split("://", 1)[-1].strip()
+    if target == "auto" or not target:
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayUnavailableError(f"the Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379)")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RayUnavailableError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+                                  "`ray start --head --port=PORT` on the head node, or fix the address") from None
+
+
 class RayEngine:
     """A :data:`core.batch.Engine` that runs the pipeline on Ray Data (local Ray, or a cluster's address).
 
@@ -103,15 +138,30 @@ class RayEngine:
         self.device, self.num_cpus = device, num_cpus
         self._started = False
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Join the cluster at ``address`` (or start Ray on this machine) unless this process already is on one.
+
+        Raises :class:`RayUnavailableError` with a plain message when nothing answers at the address (checked
+        with a TCP connection first, so a wrong address fails in seconds, not after Ray's retries) or Ray
+        refuses to connect (e.g. another Ray version on the cluster)."""
         ray = self.ray
         if ray.is_initialized():
             return
+        if self.address:
+            check_reachable(self.address)
         # Workers import core from the project at the driver's path (the same path on every node).
         env = {"env_vars": {"PYTHONPATH": str(REPO)}}
-        # "local": a new Ray on this machine, never a stale one that an earlier `ray start` left on record.
-        ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
-                 include_dashboard=False, log_to_driver=False, runtime_env=env)
+        try:
+            # "local": a new Ray on this machine, never a stale one that an earlier `ray start` left on record.
+            ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
+                     include_dashboard=False, log_to_driver=False, runtime_env=env)
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError… all mean "cannot join"
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+            # Ray turns token authentication on for `ray start` when ~/.ray/auth_token exists, and a driver given
+            # an explicit address only sends a token when told to: the commonest reason a reachable head refuses.
+            hint = (" If the cluster uses token authentication, set RAY_AUTH_MODE=token for this process and give "
+                    "it the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN).") if self.address else ""
+            raise RayUnavailableError(f"cannot start or join {where}: {type(exc).__name__}: {exc}.{hint}") from None
         self._started = True
 
     def close(self) -> None:
@@ -134,7 +184,7 @@ class RayEngine:
                  hash_files: bool = True) -> Iterator[Result]:
         """Results in input order, as :func:`core.pipeline.stream` yields them."""
         ray = self.ray
-        self._connect()
+        self.connect()
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         bs = batch_size or predictor.batch_size
         actors = self._actors()

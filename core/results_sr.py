@@ -363,3 +363,45 @@ def build_results(finding: SeriesFinding, source_images: Sequence, model: ModelI
             raise ValueError("an overlay's slice is not among the evaluated images")
         out.append(build_overlay_sc(rgb, by_uid[sop_uid], model, series_uid=sc_series, instance_number=i))
     return out
+
+
+PDF_SERIES_NUMBER = 9903
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def build_encapsulated_pdf(pdf: bytes, source_image, title: str = "AI report - research use only",
+                           series_number: int = PDF_SERIES_NUMBER):
+    """An Encapsulated PDF instance (modality DOC) holding ``pdf``, filed in ``source_image``'s study.
+
+    Carries the same identifiers as the SR (:func:`filing_header`) and nothing else of the source; the PDF
+    itself must hold no patient data (``core.report_pdf`` writes none)."""
+    import datetime as dt
+
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if not pdf.startswith(b"%PDF"):
+        raise ValueError("not a PDF document")
+    h = filing_header(source_image)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for key in ("SpecificCharacterSet",) + FILING_ATTRIBUTES[:-1] + EMPTY_ATTRIBUTES:
+        if key in h:
+            setattr(ds, key, h[key].value)
+    now = dt.datetime.now()
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "DOC", generate_uid(), series_number, 1
+    ds.SeriesDescription = title[:64]
+    ds.Manufacturer, ds.ConversionType = MANUFACTURER, "WSD"
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S"), None
+    ds.BurnedInAnnotation = "YES"  # the research-use notice is printed on every page
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")  # OB values have an even length
+    ds.EncapsulatedDocumentLength = len(pdf)
+    return ds

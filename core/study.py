@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from core.cam import CamResult, compute_cams, on_reading_scale
 from core.ood import image_gate
+from core.pipeline import InMemory, PipelineBatch, Result, load_file, predict_batch
 from core.predictor import Predictor
 from core.preprocess import Preprocessed, head_mask, preprocess_decoded
 from core.series import Series
@@ -141,10 +143,18 @@ def slice_inputs(predictor: Predictor, series: Series, plane: str, scale: tuple[
     return [preprocess_decoded(series.decoded_slice(int(k), plane, scale), predictor.spec) for k in indices]
 
 
+def slice_sources(series: Series, plane: str, scale: tuple[float, float], indices) -> Iterator[InMemory]:
+    """The slices as the pipeline's in-memory sources (decoded lazily, one at a time, as the pipeline asks)."""
+    for k in indices:
+        yield InMemory(f"{series.name} slice {int(k) + 1}", series.decoded_slice(int(k), plane, scale))
+
+
 def predict_series(predictor: Predictor, series: Series, plane: str = "axial", chunk: int = 32,
                    progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None], tuple[float, float]]:
     """Every slice predicted, ``chunk`` slices per forward pass (memory bounded by the chunk, not the series).
 
+    Runs the one pipeline's two stages (``core.pipeline.load_file`` on :class:`InMemory` slices, then
+    ``core.pipeline.predict_batch``), so a slice here is preprocessed and predicted exactly as an uploaded one.
     Returns (probabilities float32 (Z, K), NaN for a blank slice, which is not predicted; ood bool (Z,);
     blank bool (Z,); reasons; the series' intensity scale).
     ``progress(done, total)`` is called after each chunk.
@@ -154,26 +164,29 @@ def predict_series(predictor: Predictor, series: Series, plane: str = "axial", c
     probs = np.full((n, len(predictor.class_names)), np.nan, np.float32)
     ood, blank = np.zeros(n, bool), np.zeros(n, bool)
     reasons: list[str | None] = [None] * n
-    queue: list[tuple[int, Preprocessed]] = []
+    queue: list[Result] = []
 
-    def run(batch: list[tuple[int, Preprocessed]]) -> None:
-        items = [it for _, it in batch]
+    def run(rows: list[Result]) -> None:
         # Every forward pass has the same batch shape (the last one padded with copies): the CPU backend
         # (oneDNN) prepares its kernels again, for seconds, for every new batch shape.
-        padded = items + [items[-1]] * (chunk - len(items)) if n > chunk else items
-        for (k, _), pred in zip(batch, predictor.predict_preprocessed(padded)):
+        pad = [Result("padding", item=rows[-1].item) for _ in range(chunk - len(rows))] if n > chunk else []
+        for row in predict_batch(predictor, PipelineBatch(rows + pad, None))[:len(rows)]:
+            k, pred = row.index, row.prediction
             probs[k] = [pred.probabilities[c] for c in predictor.class_names]
             ood[k], reasons[k] = pred.ood, pred.ood_reason
 
     for start in range(0, n, chunk):
         idx = range(start, min(n, start + chunk))
-        for k, item in zip(idx, slice_inputs(predictor, series, plane, scale, idx)):
-            if item.blank:
+        for k, src in zip(idx, slice_sources(series, plane, scale, idx)):
+            row = load_file(src, predictor.spec, hash_file=False, index=k)
+            if row.item is None:  # a slice that cannot be preprocessed: shown as such, never a traceback
+                ood[k], reasons[k] = True, f"slice could not be preprocessed ({row.error})"
+            elif row.item.blank:
                 # No signal at all (the empty slices above and below a skull-stripped brain): outside intended
                 # use whatever the model says (``core.ood.image_gate``), so the model is not run; no probabilities.
                 blank[k], ood[k], reasons[k] = True, True, image_gate(0.0, True)
             else:
-                queue.append((k, item))
+                queue.append(row)
         while len(queue) >= chunk:
             run(queue[:chunk])
             queue = queue[chunk:]

@@ -10,12 +10,17 @@ from core.files import PathNotAllowedError, count_image_files, resolve_within
 from core.metrics import OTHER_LESION, no_finding_classes
 from core.report_pdf import batch_pdf
 from core.results_sr import ModelIdentity
+from core.study_batch import has_studies
 from ui import charts, state, views
 from ui.batch_job import (CANCELLED, DONE, FAILED, STOP_WAIT_S, BatchJob, BatchLimitError, active_jobs,
                           display_frame, export_csv, filter_frame, format_seconds, save_uploads, with_threshold)
 from ui.charts import format_confidence
+from ui.study_batch_view import study_results
+from ui.study_job import StudyJob
 
 FOLDER, UPLOAD = "Folder on the server", "Upload files"
+STUDIES = "Folder of studies"  # whole series (NIfTI, DICOM series folders, zips): ui/study_job.py
+LOCAL, RAY = "Local (default)", "Ray cluster"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "tif", "tiff", "bmp"]
 PROGRESS_POLL_S = 1.0  # how often the progress panel of a running review refreshes itself
 
@@ -34,12 +39,39 @@ def limit_message() -> str:
 
 
 # -- input --------------------------------------------------------------------------------------
+def ray_engine(mode: str):
+    """A Ray engine joined to the configured cluster, or None after a message saying why not (no address,
+    uploads, Ray not installed, cluster unreachable): never a traceback."""
+    address = ctx.config.ray_address
+    if not address:
+        st.error("**No Ray cluster is configured.** Set `ray_address` in the app config (or `MRI_RAY_ADDRESS`) to "
+                 "the head node's HOST:PORT, or run the review locally.", icon=":material/hub:")
+        return None
+    if mode == UPLOAD:  # uploads sit in a temporary folder of this server, which the cluster's nodes cannot read
+        st.error("**Uploaded files are reviewed locally.** The cluster's nodes read files from shared storage; "
+                 "choose *Local*, or put the files in a folder every node mounts.", icon=":material/hub:")
+        return None
+    from core.ray_engine import RayEngine  # no import of ray itself until a cluster is asked for
+
+    try:
+        engine = RayEngine(ctx.weights_dir, address=address)
+        with st.spinner(f"Connecting to the Ray cluster at {address}…"):
+            engine.connect()
+    except RuntimeError as exc:  # RayUnavailableError: not installed, nothing answering, or refused
+        st.error(f"**The Ray cluster cannot be used.** {str(exc).rstrip('.')}. Choose *Local* to review on this "
+                 "server.",
+                 icon=":material/cloud_off:")
+        return None
+    return engine
+
+
 def new_job() -> BatchJob | None:
     """Draw the input panel; return a freshly started job when the user starts one."""
     with st.container(border=True):
-        mode = st.segmented_control("Input", [FOLDER, UPLOAD], default=FOLDER, required=True, key="batch_mode",
+        mode = st.segmented_control("Input", [FOLDER, UPLOAD, STUDIES], default=FOLDER, required=True,
+                                    key="batch_mode",
                                     label_visibility="collapsed")
-        if mode == FOLDER:
+        if mode != UPLOAD:
             roots = ", ".join(f"`{r}`" for r in ctx.config.allowed_roots)
             st.selectbox("Pick a folder", views.folder_choices(tuple(map(str, ctx.config.allowed_roots))), index=None, key="batch_pick",
                          placeholder="Browse the allowed folders (two levels deep) or type a path below",
@@ -49,6 +81,9 @@ def new_job() -> BatchJob | None:
                                    help="Absolute, or relative to the first allowed folder. Class sub-folders "
                                         "(glioma/, meningioma/, …) add a ground-truth column.")
             st.caption(f":material/lock: Browsing is limited to: {roots} (set `allowed_roots` in the app config).")
+            if mode == STUDIES:
+                st.caption(":material/view_in_ar: Each NIfTI volume, DICOM series folder or zip under the folder is "
+                           "a study: one row per series (verdict, positive slices, flags) and a per-slice CSV.")
             files = None
         else:
             files = st.file_uploader("Slices to review", type=IMAGE_TYPES, accept_multiple_files=True,
@@ -56,6 +91,14 @@ def new_job() -> BatchJob | None:
                                      help=f"Each file at most {ctx.upload_limit_mb} MB.")
             st.caption(f":material/upload_file: Several files at once, each up to **{ctx.upload_limit_mb} MB**.")
             folder = None
+        engine_choice = st.radio(
+            "Run on", [LOCAL, RAY], horizontal=True, key="batch_engine",
+            help="Local: this server's CPU/GPU. Ray cluster: the configured cluster's nodes predict, this server "
+                 "writes the rows and the audit trail (README, 'Scaling out').")
+        if engine_choice == RAY:
+            st.caption(f":material/hub: Ray cluster: `{ctx.config.ray_address}`" if ctx.config.ray_address else
+                       ":material/hub: No Ray cluster is configured (`ray_address` in the app config, or "
+                       "`MRI_RAY_ADDRESS`).")
         clicked = st.button("Start review", type="primary", icon=":material/play_arrow:", key="batch_start",
                             disabled=busy, help="Stop the running review first." if busy else None)
         if not clicked or busy:
@@ -63,7 +106,7 @@ def new_job() -> BatchJob | None:
     if active_jobs() >= ctx.config.max_batch_jobs:  # checked before the old results are discarded
         st.error(limit_message(), icon=":material/hourglass_top:")
         return None
-    if mode == FOLDER:
+    if mode != UPLOAD:
         if not (folder or "").strip():
             st.error("Enter a folder path first.", icon=":material/folder_off:")
             return None
@@ -75,7 +118,11 @@ def new_job() -> BatchJob | None:
         if not root.is_dir():
             st.error(f"`{folder}` is not an existing folder.", icon=":material/folder_off:")
             return None
-        if count_image_files(root) == 0:
+        if mode == STUDIES and (engine_choice == RAY or not has_studies(root)):
+            st.warning("Studies are reviewed on this server (choose *Local*)." if engine_choice == RAY else
+                       f"No NIfTI volume, DICOM series folder or zip was found under `{root}`.")
+            return None
+        if mode == FOLDER and count_image_files(root) == 0:
             st.warning(f"No JPG, PNG, TIFF, BMP or DICOM files were found under `{root}`.")
             return None
         label, upload_dir = str(root), None
@@ -85,11 +132,22 @@ def new_job() -> BatchJob | None:
             return None
         upload_dir = root = save_uploads(files)
         label = f"{len(files)} uploaded file(s)"
+    engine = None
+    if engine_choice == RAY:
+        engine = ray_engine(mode)
+        if engine is None:
+            if upload_dir is not None:
+                shutil.rmtree(upload_dir, ignore_errors=True)
+            return None
     if job is not None:
         job.discard()  # one review per session: a new one replaces the last (and its uploaded files)
     try:
+        if mode == STUDIES:
+            return StudyJob.start_studies(ctx.predictor, root, label=label, audit=ctx.audit,
+                                          max_jobs=ctx.config.max_batch_jobs)
         return BatchJob.start(ctx.predictor, root, label=label, audit=ctx.audit, uncertain_below=ctx.uncertain_below,
-                              upload_dir=upload_dir, max_jobs=ctx.config.max_batch_jobs)
+                              upload_dir=upload_dir, max_jobs=ctx.config.max_batch_jobs, engine=engine,
+                              engine_label=f"the Ray cluster at {ctx.config.ray_address}" if engine else "")
     except BatchLimitError:  # another session started one since the check above
         st.error(limit_message(), icon=":material/hourglass_top:")
     except (OSError, ValueError) as exc:
@@ -125,7 +183,7 @@ def progress_panel(shown_rows: int) -> None:
     with st.container(border=True):
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         c1.markdown(f":material/progress_activity: **{'Stopping' if running.stopping else 'Reviewing'}** "
-                    f"`{running.label}`")
+                    f"`{running.label}`" + (f" on {running.engine_label}" if running.engine_label else ""))
         c2.button("Stop", icon=":material/stop_circle:", key="batch_stop", width="stretch", on_click=stop_review,
                   disabled=running.stopping)
         st.progress(running.fraction, text=running.progress_text())
@@ -141,11 +199,15 @@ if job is not None and job.running:
 if job is None:
     st.info("Choose a folder or upload files, then press **Start review**.", icon=":material/info:")
     st.stop()
+if isinstance(job, StudyJob):  # a folder of studies: its own table and downloads
+    study_results(job)
+    st.stop()
 
 # -- status ---------------------------------------------------------------------------------------
 if job.status == DONE:
     st.success(f"Reviewed **{job.done:,}** files from `{job.label}` in {format_seconds(job.elapsed_seconds)} "
-               f"({job.n_errors} unreadable).", icon=":material/task_alt:")
+               f"({job.n_errors} unreadable)" + (f" on {job.engine_label}" if job.engine_label else "") + ".",
+               icon=":material/task_alt:")
 elif job.status == CANCELLED:
     st.warning(f"Stopped after **{job.done:,}** of {job.total:,} files; the finished rows are kept below.",
                icon=":material/stop_circle:")

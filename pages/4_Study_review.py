@@ -4,21 +4,13 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
-from core.dicom_io import DicomDisplay, apply_display_window
-from core.report_pdf import KeyImage, study_pdf
-from core.results_sr import ModelIdentity, SeriesFinding
-from core.display import analysed_window
 from core.series import PLANES, Series, SeriesLoad, read_series
-from core.study import SeriesReview, load_rule, review_series, rule_model_sha256, slice_cam
-from ui import state, views
-from ui.imaging import colour_scale, draw_peak_marker, to_uint8
-from ui.study_view import record_json, series_record, slices_csv, slice_table, strip_chart
-from ui.viewer import image_pair
+from core.study import SeriesReview, load_rule, review_series, rule_model_sha256
+from ui import state
+from ui.study_viewer import slice_table_panel, slice_viewer
 
 MAX_CACHED = 4
 ctx = state.current()
@@ -159,154 +151,6 @@ with st.container(border=True):
     for w in series.warnings:
         st.info(w, icon=":material/info:")
 
-# -- slice navigation: slider, ← → keys, click on the strip chart ---------------------------------------------
-n = review.n_slices
-skey = f"study_slice_{series.key[:12]}_{plane}"
-ckey = f"study_strip_{series.key[:12]}_{plane}"
-if skey not in st.session_state:
-    st.session_state[skey] = (review.top_slices[0] if review.top_slices else n // 2) + 1
-# A click on the strip chart (its selection is in the session before the slider is drawn) jumps to that slice.
-points = ((st.session_state.get(ckey) or {}).get("selection") or {}).get("points") or []
-if points:
-    clicked = int(round(points[0].get("x", st.session_state[skey])))
-    if st.session_state.get(ckey + "_done") != clicked:
-        st.session_state[ckey + "_done"] = clicked
-        st.session_state[skey] = min(max(clicked, 1), n)
-
-
-def step(delta: int) -> None:
-    st.session_state[skey] = min(max(st.session_state[skey] + delta, 1), n)
-
-
-b1, b2, b3 = st.columns([1, 1, 6], vertical_alignment="bottom")
-b1.button("Previous", icon=":material/arrow_back:", key="study_prev", on_click=step, args=(-1,), shortcut="Left",
-          width="stretch", disabled=st.session_state[skey] <= 1)
-b2.button("Next", icon=":material/arrow_forward:", key="study_next", on_click=step, args=(1,), shortcut="Right",
-          width="stretch", disabled=st.session_state[skey] >= n)
-shown = b3.slider(f"Slice (1 = most {'inferior' if plane == 'axial' else 'posterior' if plane == 'coronal' else 'right'})",
-                  1, n, key=skey, help="Keys ← → step one slice; click the chart below to jump.")
-k = shown - 1
-st.plotly_chart(strip_chart(review, k), key=ckey, on_select="rerun", selection_mode="points",
-                config={"displaylogo": False})
-st.caption("Calibrated probability of each class per slice; dotted: tumour probability (1 − no tumour); dashed: "
-           "the rule's threshold; shaded: the longest positive run; blue line: the slice shown. Click a point to "
-           "jump to its slice.")
-
-# -- the shown slice: image and heatmap, computed when shown -----------------------------------------------------
-k1, k2, k3, k4 = st.columns([1.2, 1, 1, 0.8])
-card_method = (ctx.predictor.bundle.card.get("explanation") or {}).get("method")
-methods = list(CAM_METHODS)
-method = k1.selectbox("CAM method", methods, key="study_cam_method",
-                      index=methods.index(card_method) if card_method in methods else methods.index("gradcam"),
-                      format_func=lambda m: CAM_METHOD_NAMES.get(m, m))
-names = review.class_names
-predicted = int(np.nan_to_num(review.probabilities[k], nan=-1.0).argmax())
-target = k2.selectbox("Explain class", [-1] + list(range(len(names))), key="study_cam_target",
-                      disabled=method in CLASS_AGNOSTIC,
-                      format_func=lambda t: f"predicted ({names[predicted]})" if t == -1 else
-                      f"{names[t]} ({np.nan_to_num(review.probabilities[k, t]):.1%})")
-opacity = k3.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="study_opacity")
-colormap = k4.selectbox("Colour map", list(COLORMAPS), key="study_colormap")
-
-cams = _cache("study_cams")
-ckey_cam = (series.key, plane, k, method, target, ctx.predictor.bundle.sha256)
-if ckey_cam not in cams:
-    try:
-        _remember(cams, ckey_cam, slice_cam(ctx.predictor, series, review, k, method,
-                                            None if target == -1 or method in CLASS_AGNOSTIC else target))
-    except Exception as exc:  # noqa: BLE001
-        st.error(f"The heatmap could not be computed ({type(exc).__name__}: {exc}).", icon=":material/error:")
-        st.stop()
-cam, item = cams[ckey_cam]
-
-stored = series.plane_image(k, plane)
-display = DicomDisplay(values=stored, monochrome1=False, file_window=None, voi_lut_sequence=False)
-lo, hi = float(stored.min()), float(stored.max())
-span = max(hi - lo, 1.0)
-wc, ww = f"study_wc_{series.key[:12]}", f"study_ww_{series.key[:12]}"
-analysed = analysed_window(display, item.decoded.pixels, item.window)
-series_lo, series_hi = review.scale
-
-
-def set_window(c: float, w: float) -> None:
-    st.session_state[wc], st.session_state[ww] = float(c), float(w)
-
-
-if wc not in st.session_state:
-    set_window((series_lo + series_hi) / 2, max(series_hi - series_lo, 1.0))
-vmin, vmax = min(lo, series_lo) - span, max(hi, series_hi) + span
-st.session_state[wc] = float(min(max(st.session_state[wc], vmin), vmax))
-st.session_state[ww] = float(min(max(st.session_state[ww], 1.0), 2 * (vmax - vmin)))
-left, right = st.columns([2, 0.95])
-with left:
-    with st.expander("Window / level (display only)", icon=":material/contrast:"):
-        centre = st.slider("Window centre (level)", vmin, vmax, key=wc)
-        width = st.slider("Window width", 1.0, 2 * (vmax - vmin), key=ww)
-        w1, w2, w3 = st.columns(3)
-        w1.button("Series window", on_click=set_window, width="stretch", key="study_win_series",
-                  args=((series_lo + series_hi) / 2, max(series_hi - series_lo, 1.0)))
-        w2.button("As analysed (this slice)", on_click=set_window, args=analysed, width="stretch",
-                  key="study_win_analysed")
-        w3.button("Full range", on_click=set_window, args=((lo + hi) / 2, span), width="stretch",
-                  key="study_win_full")
-        st.caption("Changes only what you see; the model and the heatmap always use the series as analysed.")
-    grey = to_uint8(apply_display_window(display, centre, width))
-    blend = draw_peak_marker(overlay(item, cam.heatmap, opacity, colormap), cam.peak)
-    p = review.probabilities[k]
-    title = f"{CAM_METHOD_NAMES.get(method, method)}: " + ("class-agnostic" if method in CLASS_AGNOSTIC else cam.target)
-    if review.blank[k]:
-        line = "blank slice (no signal): not predicted"
-    else:
-        line = (f"{names[predicted]} ({p[predicted]:.1%}) · tumour probability {review.tumour_prob[k]:.1%}"
-                + (" · **outside intended use**" if review.ood[k] else "") + (" · positive" if review.positive[k] else ""))
-    st.markdown(f"**Slice {shown} of {n}** · {line}")
-    st.plotly_chart(image_pair(grey, blend, (f"Slice {shown}", title), colour_scale(COLORMAPS[colormap]),
-                               "1 = peak of the predicted class's map" if cam.scale < 1 else "1 = this map's peak"),
-                    key="study_pair", config={"scrollZoom": True, "displaylogo": False})
-    px, py = cam.peak_pixel()
-    st.caption(f"Ring: heatmap peak at x={px}, y={py} px. Scroll to zoom, drag to pan; both panels move together. "
-               + ("Outside intended use: " + review.ood_reasons[k] if review.ood[k] and review.ood_reasons[k] else ""))
-with right:
-    st.markdown("**Series**")
-    facts = {"name": series.name, "format": series.source_format, "acquired plane": series.acquired_plane,
-             "voxel size": " × ".join(f"{z:g}" for z in series.zooms) + " mm", "SHA-256": series.key[:16] + "…"}
-    st.dataframe(pd.DataFrame({"field": list(facts), "value": list(facts.values())}), hide_index=True,
-                 width="stretch", key="study_facts")
-    if series.tags:
-        st.markdown("**DICOM acquisition** (non-identifying tags only)")
-        st.dataframe(pd.DataFrame({"tag": list(series.tags), "value": list(series.tags.values())}), hide_index=True,
-                     width="stretch", key="study_tags")
-    st.caption(":material/lock: Patient, institution and date tags are never read into the app.")
-    st.markdown("**This slice (calibrated)**")
-    st.dataframe(pd.DataFrame({"class": names, "probability": ["–" if np.isnan(v) else f"{v:.1%}" for v in p]}), hide_index=True,
-                 width="stretch", key="study_slice_probs")
-
-# -- downloads ------------------------------------------------------------------------------------------------
-info = ctx.model_info
-stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in series.name)[:60] or "series"
-d1, d2, d3 = st.columns(3)
-
-
-def series_pdf() -> bytes:
-    """The series report (``core.report_pdf.study_pdf``) with the shown slice as its key image. Labelled by
-    format and size only: a NIfTI file name can name the patient."""
-    finding = SeriesFinding(verdict=bool(review.tumour and not review.series_ood), tumour_type=review.tumour_type,
-                            probability=float(np.nanmax(review.tumour_prob)) if review.n_slices else 0.0,
-                            positive_slices=[f"slice {i + 1}" for i in np.flatnonzero(review.positive)])
-    return study_pdf(finding, ModelIdentity.from_card(ctx.predictor.bundle.card),
-                     views.metrics_for(ctx.predictor.bundle, ctx.weights_dir), review.n_slices,
-                     key_images=[KeyImage(f"Slice {shown} of {n}: {title}", blend)],
-                     rule=f"{review.verdict_text()}. Rule: {review.rule.describe()}.",
-                     series_label=f"{series.source_format}, {review.n_slices} {review.plane} slices")
-
-
-d3.download_button("PDF report", series_pdf, f"{series.key[:12]}_series_report.pdf", "application/pdf",
-                   on_click="ignore", icon=":material/picture_as_pdf:", width="stretch",
-                   help="Verdict, rule, the shown slice with its heatmap, model identity and its measured per-source "
-                        "performance; no file name or patient tag.")
-d1.download_button("Series result JSON", record_json(series_record(series, review, info)), f"{stem}_series.json",
-                   "application/json", on_click="ignore", icon=":material/data_object:", width="stretch")
-d2.download_button("Per-slice CSV", slices_csv(review, series, info), f"{stem}_slices.csv", "text/csv",
-                   on_click="ignore", icon=":material/table:", width="stretch")
-with st.expander("Per-slice table"):
-    st.dataframe(slice_table(review), hide_index=True, width="stretch", key="study_slice_table")
+# -- slice navigation and the shown slice: a fragment, so a slice change reruns only the viewer ------------------
+slice_viewer(ctx, series, review, plane)
+slice_table_panel(review)

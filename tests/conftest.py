@@ -14,6 +14,10 @@ DATA_ROOT = Path(os.environ.get("MRI_DATA_ROOT", REPO.parent / "shared" / "data"
 
 # Two cores on CI: keep each test process to one intra-op thread so parallel work stays predictable.
 torch.set_num_threads(1)
+# Tests that call ray.init themselves get what core.ray_engine.import_ray sets: no usage statistics, whose
+# collector threads would log tracebacks beside Streamlit's page compiles (see import_ray).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -158,7 +158,8 @@ class OrthancServer:
 
 
 def mr_series(n_slices: int = 4, size: int = 64, patient_id: str = "TEST-PAT-1", seed: int = 0,
-              study_uid: str | None = None) -> list:
+              study_uid: str | None = None, patient_name: str = "Test^Patient", birth_date: str = "19700101",
+              volume: np.ndarray | None = None) -> list:
     """A synthetic axial MR series as pydicom datasets (patient, study, geometry tags set), one head per slice."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -166,6 +167,8 @@ def mr_series(n_slices: int = 4, size: int = 64, patient_id: str = "TEST-PAT-1",
     from core.synthetic import fake_scan
 
     rng = np.random.default_rng(seed)
+    if volume is not None:
+        n_slices = len(volume)
     study_uid = study_uid or generate_uid()
     series_uid, frame_uid = generate_uid(), generate_uid()
     out = []
@@ -177,8 +180,8 @@ def mr_series(n_slices: int = 4, size: int = 64, patient_id: str = "TEST-PAT-1",
         ds = FileDataset(f"{i}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID = "Test^Patient", patient_id
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
+        ds.PatientName, ds.PatientID = patient_name, patient_id
+        ds.PatientBirthDate, ds.PatientSex = birth_date, "F"
         ds.PatientAge, ds.PatientWeight = "056Y", "70"
         ds.OtherPatientIDs = "OTHER-ID-9"
         ds.InstitutionName, ds.OperatorsName = "General Hospital", "Tech^One"
@@ -191,13 +194,39 @@ def mr_series(n_slices: int = 4, size: int = 64, patient_id: str = "TEST-PAT-1",
         ds.ImagePositionPatient = [0.0, 0.0, float(5 * i)]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 5.0
-        img = fake_scan(rng, size, i % 4).astype(np.uint16) * 16
+        # ``volume``: (slices, rows, cols) stored values, slice 0 the most inferior; else synthetic heads.
+        img = (np.clip(volume[i], 0, 65535).astype(np.uint16) if volume is not None
+               else fake_scan(rng, size, i % 4).astype(np.uint16) * 16)
         ds.Rows, ds.Columns = img.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        bits = 16 if volume is not None else 12  # a real volume may use the full 16 bits
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
         ds.PixelData = img.tobytes()
         out.append(ds)
     return out
+
+
+READER, READER_PASSWORD = "reader", "Reader-pass-1"  # the test sign-in (bcrypt-hashed in the YAML file)
+
+
+def write_auth_config(path: Path, users: dict[str, str] | None = None) -> Path:
+    """A streamlit-authenticator YAML file (``MRI_AUTH_CONFIG``) with bcrypt-hashed passwords for ``users``
+    (login name -> password; default the one test reader)."""
+    import yaml
+    from streamlit_authenticator.utilities import Hasher
+
+    users = users or {READER: READER_PASSWORD}
+    data = {"credentials": {"usernames": {u: {"name": f"Test {u}", "password": Hasher.hash(pw)}
+                                          for u, pw in users.items()}}}
+    path = Path(path)
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def pacs_env(server: OrthancServer) -> dict[str, str]:
+    """The app's ``MRI_PACS_*`` settings for ``server``."""
+    return {"MRI_PACS_URL": server.url, "MRI_PACS_USER": server.user, "MRI_PACS_PASSWORD": server.password}
 
 
 def to_bytes(ds) -> bytes:
@@ -208,12 +237,25 @@ def to_bytes(ds) -> bytes:
     return buf.getvalue()
 
 
+VOLUMES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "volumes"
+
+
+def demo_volume(path: Path) -> np.ndarray:
+    """A NIfTI volume's axial slices (slices, rows, cols), inferior first, scaled to 12-bit values, for upload."""
+    from core.series import read_paths
+    from tests.study_support import display_slices
+
+    vol = display_slices(read_paths([path])[0].series.volume).astype(np.float32)
+    return vol / max(float(vol.max()), 1.0) * 4000.0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``make pacs``: one Orthanc for a person, until Ctrl-C."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--load", type=int, default=2, help="synthetic MR series to upload (default 2)")
+    ap.add_argument("--load", type=int, default=2, help="MR studies to upload (default 2): FLAIR volumes of "
+                    "../shared/data/volumes when present, else synthetic series")
     args = ap.parse_args(argv)
     reason = missing_reason()
     if reason:
@@ -222,13 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mri-pacs-"))
     server = OrthancServer(workdir).start()
     try:
+        volumes = sorted(VOLUMES.glob("*/*/flair.nii.gz"))[:args.load]  # real series when ../shared has them
         for k in range(args.load):
-            for ds in mr_series(n_slices=8, size=128, patient_id=f"DEMO-{k + 1}", seed=k):
+            volume = demo_volume(volumes[k]) if k < len(volumes) else None
+            for ds in mr_series(n_slices=8, size=128, patient_id=f"DEMO-{k + 1}", seed=k, volume=volume,
+                                patient_name=f"Demo^Patient{k + 1}"):
                 server.upload(to_bytes(ds))
+        reader_password = secrets.token_urlsafe(12)
+        users = write_auth_config(workdir / "users.yaml", {READER: reader_password})
         print(f"Orthanc: {server.url}  (DICOMweb root /dicom-web)\nuser: {server.user}\npassword: {server.password}\n"
               f"config and storage: {workdir}\n\nFor the app:\n  export MRI_PACS_URL={server.url}\n"
-              f"  export MRI_PACS_USER={server.user}\n  export MRI_PACS_PASSWORD={server.password}\n\nCtrl-C stops it.",
-              flush=True)
+              f"  export MRI_PACS_USER={server.user}\n  export MRI_PACS_PASSWORD={server.password}\n"
+              f"  export MRI_AUTH_CONFIG={users}\nSign in to the PACS page as {READER} / {reader_password}; "
+              f"search patient IDs DEMO-1 ... DEMO-{args.load}.\n\nCtrl-C stops it.", flush=True)
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:

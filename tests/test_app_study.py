@@ -63,6 +63,11 @@ def test_study_page_lists_series_with_verdicts_and_moves_between_slices(app_env)
     moved = at.slider(key=slider.key).value
     assert moved != start
     assert f"Slice {moved} of 14" in all_text(at)
+    # The viewer keeps each heatmap and computes the neighbours of the shown slice ahead (a slice change then
+    # only draws): after a short wait the next slice's map is there before the reader steps to it.
+    cams = next(iter(at.session_state["study_slice_cams"].values()))
+    assert cams.wait(timeout=120) and cams.cached(moved - 1)
+    assert all(cams.cached(j) for j in cams.neighbours(moved - 1, around=1))
     # The image / heatmap pair of the shown slice and the strip chart are drawn.
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert any(s["data"][0]["type"] == "image" for s in specs)

@@ -83,6 +83,19 @@ def test_targets_read_the_metrics_and_say_not_measured_when_absent():
     assert rows["weights file ≤ 50 MB"]["met"] is True
 
 
+
+def test_the_44_class_targets_read_the_merged_views():
+    from core.targets import FINE_TARGETS
+
+    metrics = {"sets": {"feltrin_test": {"part": "test", "macro_f1": 0.88, "collapsed": {
+        "type": {"accuracy": 0.95}, "sequence": {"accuracy": 0.96}}}}}
+    rows = {r["target"]: r for r in evaluate_targets(metrics, {"card": {"weights": {"bytes": 60e6}}}, FINE_TARGETS)}
+    assert len(rows) == len(FINE_TARGETS) == 4
+    assert rows["macro-F1 ≥ 0.90 over the 44 classes"]["met"] is False
+    assert rows["tumour-type accuracy ≥ 0.93 (sequences merged)"]["met"] is True
+    assert rows["sequence accuracy ≥ 0.97 (types merged)"]["measured"] == 0.96
+    assert rows["weights file ≤ 50 MB"]["met"] is False
+
 def test_other_lesion_reaches_the_batch_csv(tiny_bundle_dir, tmp_path, rng):
     import torch
     from PIL import Image

@@ -161,3 +161,14 @@ def test_decode_reports_colour(scan_u8):
     assert decode_image(rgb).colourfulness < 0.01
     rgb[..., 0] = 255
     assert decode_image(rgb).colourfulness > 0.1
+
+
+def test_fast_head_search_holds_under_mid_tone_shifts_too():
+    """The histogram search (head_search="gamma_hist", issue 22) keeps gamma_otsu's reason to exist."""
+    head = _graded_head()
+    to_u8 = lambda x: (x * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    fast, steady = PreprocessSpec(image_size=96, head_search="gamma_hist"), PreprocessSpec(image_size=96)
+    ref = preprocess(to_u8(head), fast).crop_box
+    assert _iou(ref, preprocess(to_u8(head), steady).crop_box) > 0.98
+    for gamma in (0.5, 0.6, 1.6, 2.2):
+        assert _iou(ref, preprocess(to_u8(head ** gamma), fast).crop_box) > 0.95, gamma

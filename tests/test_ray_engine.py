@@ -8,10 +8,8 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed (ray[data])")
 from core.batch import csv_columns, local_engine, run_batch  # noqa: E402
 from core.ray_engine import REPO, RayEngine  # noqa: E402
 from core.synthetic import fake_scan  # noqa: E402
+from ray_support import free_port, ray_cluster, ray_env, shard_rows_as_csv_text  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
@@ -84,6 +83,40 @@ def test_ray_rows_equal_local_rows_and_only_the_driver_audits(local_ray, folder,
     assert audit.count() == 42 and {r["file_sha256"] for r in audit.recent(-1)} == {r["file_sha256"] for r in on_ray}
 
 
+def test_a_list_file_of_paths_and_uris_on_ray_gives_the_local_rows_and_shards(local_ray, folder, tiny_predictor,
+                                                                               tiny_bundle_dir, tmp_path):
+    """Paths, ``file://`` URIs (read through fsspec) and URIs that cannot be read: the same rows on both engines,
+    the bad ones as error rows in place, and the Parquet shards hold the CSV's rows."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    lst = tmp_path / "files.txt"
+    lst.write_text("\n".join([f.as_uri() for f in files[:10]] + [str(f) for f in files[10:20]]
+                             + ["unknown://bucket/a.png", (folder / "gone.png").as_uri()]))
+    local = list(run_batch(tiny_predictor, lst, tmp_path / "local.csv", chunk_size=8))
+    on_ray = list(run_batch(tiny_predictor, lst, tmp_path / "ray.csv", chunk_size=8, parquet_dir=tmp_path / "pq",
+                            engine=RayEngine(tiny_bundle_dir, num_workers=1)))
+    _same_rows(local, on_ray, tiny_predictor.class_names)
+    assert [r["path"] for r in on_ray][:10] == [f.as_uri() for f in files[:10]]
+    errors = {r["path"]: r["error"] for r in on_ray if r["error"]}
+    assert "unsupported URI scheme unknown://" in errors["unknown://bucket/a.png"]
+    assert "gone.png: not found" in errors[(folder / "gone.png").as_uri()]
+    assert shard_rows_as_csv_text(tmp_path / "pq") == _rows(tmp_path / "ray.csv")
+
+
+def test_the_bench_section_measures_both_parts_on_the_running_ray(local_ray, folder, tiny_predictor,
+                                                                  tiny_bundle_dir):
+    """``bench.ray_section`` (small here): engine throughputs with identical rows, and the driver's RSS over a
+    generated list file; it uses the Ray this process is on and leaves it running."""
+    from bench.ray_section import section
+
+    files = sorted(p for p in folder.rglob("*.png") if p.stat().st_size)[:12]
+    r = section(tiny_predictor, str(tiny_bundle_dir), files, batch_size=4, local_workers=(0,), rounds=1,
+                memory_files=60)
+    assert r["engines"]["identical_rows"] and set(r["engines"]["images_per_s"]) == {"local, in-process", "ray"}
+    mem = r["driver_memory"]
+    assert mem["rows"] == 60 and mem["error_rows"] == 0 and len(mem["rss_samples"]) >= 2
+    assert ray.is_initialized()
+
+
 def test_resume_works_across_engines(local_ray, folder, tiny_predictor, tiny_bundle_dir, tmp_path):
     out = tmp_path / "r.csv"
     gen = run_batch(tiny_predictor, folder, out, chunk_size=4)
@@ -122,34 +155,17 @@ def test_a_killed_worker_loses_and_duplicates_no_row(local_ray, tmp_path, tiny_p
     assert {r["path"] for r in rows if r["error"]} == {"glioma/broken.jpg", "notumor/empty.png"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_nodes_on_one_host_through_ray_address(local_ray, folder, tiny_predictor, tiny_bundle_dir, tmp_path):
     """A head (``ray start --head --port``) and a second node joining it; the CLI runs there through
-    ``--ray-address``, and a killed driver's run is finished by ``--resume``."""
+    ``--ray-address``, and a killed driver's run is finished by ``--resume``; the Parquet shards, which the
+    killed driver had not written yet, are caught up from the CSV."""
     ray.shutdown()  # this process leaves the module's local Ray; the CLI joins the cluster below
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-    nodes = []
-    try:
-        nodes.append(subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                                       "--num-cpus=1", "--include-dashboard=false", "--block"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        time.sleep(6)
-        nodes.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}",
-                                       "--node-ip-address=127.0.0.1", "--num-cpus=1", "--block"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        time.sleep(6)
-        out = tmp_path / "cluster.csv"
+    with ray_cluster(nodes=2) as address:
+        out, shards = tmp_path / "cluster.csv", tmp_path / "shards"
         cmd = [sys.executable, "-m", "core.batch", str(folder), "--out", str(out), "--weights", str(tiny_bundle_dir),
-               "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "--num-workers", "2", "--chunk-size", "4",
-               "--no-audit"]
-        driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "--engine", "ray", "--ray-address", address, "--num-workers", "2", "--chunk-size", "4",
+               "--no-audit", "--parquet-dir", str(shards)]
+        driver = subprocess.Popen(cmd, cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and driver.poll() is None and (not out.exists() or len(_rows(out)) < 6):
             time.sleep(0.1)
@@ -157,22 +173,21 @@ def test_two_nodes_on_one_host_through_ray_address(local_ray, folder, tiny_predi
         driver.wait()
         partial = {r["path"] for r in _rows(out)}
         assert partial
-        done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=ray_env(), capture_output=True, text=True,
+                              timeout=180)
         assert done.returncode == 0, done.stderr[-2000:]
-        rows = _rows(out)
-        assert len(rows) == 42 and len({r["path"] for r in rows}) == 42
-        local = list(run_batch(tiny_predictor, folder, tmp_path / "local.csv"))
-        by_path = {r["path"]: r for r in rows}
-        _same_rows(_rows(tmp_path / "local.csv"), [by_path[r["path"]] for r in local], tiny_predictor.class_names)
-    finally:
-        for p in reversed(nodes):  # SIGTERM to `ray start --block` stops the processes of its node
-            p.terminate()
-        for p in reversed(nodes):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        # `ray start` leaves the head's address on record, where a later ray.init() would look for it
-        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if record.exists() and str(port) in record.read_text():
-            record.unlink()
+    rows = _rows(out)
+    assert len(rows) == 42 and len({r["path"] for r in rows}) == 42
+    local = list(run_batch(tiny_predictor, folder, tmp_path / "local.csv"))
+    by_path = {r["path"]: r for r in rows}
+    _same_rows(_rows(tmp_path / "local.csv"), [by_path[r["path"]] for r in local], tiny_predictor.class_names)
+    assert shard_rows_as_csv_text(shards) == rows
+
+
+def test_an_unreachable_address_is_a_message_not_a_traceback(tiny_bundle_dir, tmp_path):
+    cmd = [sys.executable, "-m", "core.batch", str(_folder(tmp_path / "in", n=4)), "--out", str(tmp_path / "r.csv"),
+           "--weights", str(tiny_bundle_dir), "--engine", "ray", "--ray-address", f"127.0.0.1:{free_port()}",
+           "--no-audit"]
+    done = subprocess.run(cmd, cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no Ray cluster answers at 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr

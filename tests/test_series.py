@@ -255,3 +255,23 @@ def test_real_brats_volume_with_the_shipped_model_matches_the_record():
     assert got and all(abs(a - b) <= 2 for a, b in zip(got, record["positive_range"]))
     lo, hi = record["labelled_tumour_range"]
     assert got[0] <= hi and got[1] >= lo  # overlaps the labelled tumour
+
+
+def test_slice_cams_keep_maps_and_compute_the_neighbours_ahead(tiny_predictor):
+    from core.study_cams import SliceCams
+
+    s = _only(read_series(dicom_series(_dicom_volume()[1])))
+    r = review_series(tiny_predictor, s, SeriesRule(2, 0.5), chunk=8)
+    cams = SliceCams(tiny_predictor, s, r, "gradcam", limit=5)
+    assert cams.neighbours(0) == [1, 2, 3] and cams.neighbours(9) == [10, 8, 11, 7, 12, 6]
+    cam, item = cams.get(9)
+    ref, _ = slice_cam(tiny_predictor, s, r, 9, "gradcam")
+    np.testing.assert_array_equal(cam.heatmap, ref.heatmap)
+    assert cams.get(9)[0] is cam  # kept: the second look computes nothing
+    cams.prefetch(cams.neighbours(9, around=2))
+    assert cams.wait(timeout=120)
+    assert all(cams.cached(j) for j in (10, 8, 11, 7))
+    np.testing.assert_array_equal(cams.get(10)[0].heatmap, slice_cam(tiny_predictor, s, r, 10, "gradcam")[0].heatmap)
+    cams.prefetch([0, 1, 2])  # over the limit of 5: the least recently shown are dropped
+    assert cams.wait(timeout=120)
+    assert cams.cached(2) and not cams.cached(9)

@@ -1,12 +1,15 @@
 """Keep the README's figures equal to what the code measured.
 
-Three README blocks are generated, never typed:
+Four README blocks are generated, never typed:
   * ``model-results``: rendered from ``weights/model_card.json`` and ``weights/metrics.json``
     (written by train.py after reloading the saved weights), the acceptance targets of ``core.targets``, and
     the experiment reports in ``reports/`` (leave-one-source-out, pretrained vs from scratch);
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``, followed by
+    ``bench/README_section_study.md`` (``python -m bench.study_section``, also run by ``python -m bench``) and
     ``bench/README_section_gpu.md`` (the same, written by a run on a GPU; ``bench/gpu_check.sh``) when present;
-  * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``).
+  * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``);
+  * ``fine-model``: the 44-class model, from ``weights/feltrin44/model_card.json`` and ``metrics.json`` and the
+    targets ``core.targets.FINE_TARGETS``.
 
     python -m tools.readme_sections            # rewrite the blocks in README.md
     python -m tools.readme_sections --check    # exit 1 if README.md differs (the tests call this)
@@ -22,13 +25,15 @@ from app_config import AppConfig
 from core.cam import CAM_METHOD_NAMES
 from core.checkpoint import model_identity
 from core.metrics import pooled_missed_findings
-from core.targets import evaluate_targets
+from core.targets import FINE_TARGETS, evaluate_targets
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 WEIGHTS = REPO / "weights"
+FINE_WEIGHTS = WEIGHTS / "feltrin44"  # the 44-class model of the registry (make train-feltrin44)
 BENCH_SECTION = REPO / "bench" / "README_section.md"
 BENCH_GPU_SECTION = REPO / "bench" / "README_section_gpu.md"
+BENCH_STUDY_SECTION = REPO / "bench" / "README_section_study.md"  # python -m bench.study_section
 BENCH_RESULTS = REPO / "bench" / "results"
 SHIFT_REPORT = REPO / "reports" / "shift_eval.json"
 SEQUENCE_SHIFT_REPORT = REPO / "reports" / "shift_eval_feltrin.json"
@@ -173,9 +178,7 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
              "shift_eval": shift if shift and shift.get("model") == model_identity(card) else None}
     rows = evaluate_targets(metrics, extra)
     lines += ["", "**Targets** (`core.targets`; measured on the held-out parts, never on validation):", "",
-              "| | target | measured | met |", "|---|---|---|---|"]
-    lines += [f"| {r['group']} | {r['target']} | {r['shown']} | "
-              f"{'–' if r['met'] is None else 'yes' if r['met'] else '**no**'} |" for r in rows]
+              *_targets_table(rows)]
     lines += _experiments_paragraphs()
     threshold = AppConfig().uncertain_below
     pooled = pooled_missed_findings([m for k, m in held.items() if not k.endswith("_leak_free")], names, threshold)
@@ -209,6 +212,48 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
     return "\n".join(lines)
 
 
+def _targets_table(rows: list[dict]) -> list[str]:
+    return ["| | target | measured | met |", "|---|---|---|---|",
+            *[f"| {r['group']} | {r['target']} | {r['shown']} | "
+              f"{'–' if r['met'] is None else 'yes' if r['met'] else '**no**'} |" for r in rows]]
+
+
+def render_fine_model(weights: Path = FINE_WEIGHTS) -> str:
+    """The 44-class model's held-out figures (macro-F1, the two merged views, the weakest classes) and targets."""
+    if not (weights / "model_card.json").is_file():
+        return (f"The 44-class bundle is not in `weights/{weights.name}/` yet: `make train-feltrin44` trains it "
+                "(about 30 min on an idle 2-core CPU).")
+    card = json.loads((weights / "model_card.json").read_text())
+    metrics = json.loads((weights / "metrics.json").read_text())
+    w, training = card["weights"], card["training"]
+    held = _held_out(metrics)
+    lines = [f"`weights/{weights.name}/` holds `{card['name']}` version {card['version']} "
+             f"({w['bytes'] / 1e6:.1f} MB, SHA-256 `{w['sha256'][:8]}…`, {len(metrics['class_names'])} classes), "
+             f"trained by `train.py` (seed {training['seed']}, {training.get('epochs_run')} epochs, best epoch "
+             f"{training.get('best_epoch')} by validation macro-F1). Held-out figures from `weights/{weights.name}/"
+             "metrics.json` (95 % intervals in brackets: bootstrap for macro-F1, Wilson otherwise):", "",
+             "| held-out part | images | accuracy | macro-F1 | tumour type (15 types) | sequence (T1 / T1C+ / T2) | ECE |",
+             "|---|---:|---|---|---|---|---|"]
+    for m in held.values():
+        views = m.get("collapsed") or {}
+        typ, seq = views.get("type") or {}, views.get("sequence") or {}
+        lines.append(f"| {m.get('title', '?')} | {m['n']} | {m['accuracy']:.3f}{_ci(m.get('accuracy_ci95'))} | "
+                     f"**{m['macro_f1']:.3f}**{_ci(m.get('macro_f1_ci95'))} | "
+                     f"**{_f(typ.get('accuracy'))}**{_ci(typ.get('accuracy_ci95'))} | "
+                     f"**{_f(seq.get('accuracy'))}**{_ci(seq.get('accuracy_ci95'))} | {_f(m.get('ece'))} |")
+        per = [(n, c) for n, c in (m.get("per_class") or {}).items() if c.get("support")]
+        weakest = sorted(per, key=lambda nc: (nc[1]["recall"], nc[1]["support"]))[:5]
+        if weakest:
+            lines += ["", "Weakest classes by recall on this part (slices in brackets; small classes have wide "
+                          "intervals): " + "; ".join(f"{n} {c['recall']:.2f}{_ci(c.get('recall_ci95'))} "
+                                                    f"({c['support']})" for n, c in weakest) + "."]
+    lines += ["", "**Targets** (issue 19; measured on the held-out part):", "",
+              *_targets_table(evaluate_targets(metrics, {"card": card}, FINE_TARGETS))]
+    commands, _ = _commands(training)
+    lines += ["", "Command (from its card):", "", "```bash", *commands, "```"]
+    return "\n".join(lines)
+
+
 def _without_heading(path: Path) -> str:
     # Each file starts with its own "## Benchmarks" heading; the README keeps its headings outside.
     text = path.read_text().strip()
@@ -217,6 +262,8 @@ def _without_heading(path: Path) -> str:
 
 def render_bench() -> str:
     text = _without_heading(BENCH_SECTION)
+    if BENCH_STUDY_SECTION.is_file():  # a "### Study review" section of its own
+        text += "\n\n" + BENCH_STUDY_SECTION.read_text().strip()
     if BENCH_GPU_SECTION.is_file():
         text += "\n\n### On a GPU\n\n" + _without_heading(BENCH_GPU_SECTION)
     return text
@@ -273,7 +320,8 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
 
 
 def blocks() -> dict[str, str]:
-    return {"model-results": render_model_results(), "bench": render_bench(), "shift-eval": render_shift_eval()}
+    return {"model-results": render_model_results(), "bench": render_bench(), "shift-eval": render_shift_eval(),
+            "fine-model": render_fine_model()}
 
 
 def apply(text: str, rendered: dict[str, str]) -> str:

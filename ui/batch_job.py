@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from core.audit_trail import AuditTrail
-from core.batch import MODEL_COLUMNS, csv_columns, run_batch
+from core.batch import MODEL_COLUMNS, Engine, csv_columns, run_batch
 from core.files import count_image_files
 from core.image_io import DEFAULT_LIMITS, DecodeLimits
 from core.predictor import Predictor
@@ -94,6 +94,7 @@ class BatchJob:
     total: int
     uncertain_below: float
     upload_dir: Path | None = None  # temporary folder holding uploaded files (deleted with the job)
+    engine_label: str = ""  # where the files are predicted, for display ("" : this server, the local engine)
     rows: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     status: str = RUNNING
@@ -114,16 +115,20 @@ class BatchJob:
     @classmethod
     def start(cls, predictor: Predictor, root: str | Path, *, label: str, audit: AuditTrail | None,
               uncertain_below: float, limits: DecodeLimits = DEFAULT_LIMITS, upload_dir: Path | None = None,
-              chunk_size: int = 8, max_jobs: int = DEFAULT_MAX_JOBS) -> "BatchJob":
+              chunk_size: int = 8, max_jobs: int = DEFAULT_MAX_JOBS, engine: Engine | None = None,
+              engine_label: str = "") -> "BatchJob":
         """Count the files under ``root`` and start reviewing them in the background.
 
+        ``engine``: where the files are predicted (``core.batch.run_batch``'s; default the local engine, e.g. a
+        connected ``core.ray_engine.RayEngine``); rows, progress, Stop and the audit trail are the same.
         Raises :class:`BatchLimitError` when ``max_jobs`` reviews already run in this process."""
         root = Path(root)
         job = cls(root=root, label=label, class_names=list(predictor.class_names),
                   model_sha256=predictor.bundle.sha256, total=count_image_files(root),
-                  uncertain_below=uncertain_below, upload_dir=upload_dir)
+                  uncertain_below=uncertain_below, upload_dir=upload_dir, engine_label=engine_label)
         rows = run_batch(predictor, root, cam_method=None, chunk_size=chunk_size, audit=audit,
-                         uncertain_below=uncertain_below, limits=limits, skipped=job.skipped, cancel=job._cancel)
+                         uncertain_below=uncertain_below, limits=limits, skipped=job.skipped, cancel=job._cancel,
+                         engine=engine)
         job.launch(rows, max_jobs=max_jobs)
         return job
 

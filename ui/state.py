@@ -245,6 +245,7 @@ SINGLE_PAGE = "pages/1_Single_scan.py"
 BATCH_PAGE = "pages/2_Batch_review.py"
 METRICS_PAGE = "pages/3_Model_metrics.py"
 STUDY_PAGE = "pages/4_Study_review.py"
+PACS_PAGE = "pages/5_PACS.py"
 
 
 def neighbour_in_batch(label: str, step: int = 1) -> tuple[Path, str] | None:

@@ -1,0 +1,279 @@
+"""Bench section ``study``: a whole series reviewed, a slice change, and memory over a long series.
+
+* Full review: a synthetic 155-slice 240x240 NIfTI volume (``core.synthetic.fake_volume``; no real data needed)
+  read, every slice predicted, the series verdict, and the heatmap of the shown slice; after
+  ``Predictor.warmup`` as the app does at load. The first series and the median of the later ones.
+* Slice change: what the Study page's viewer fragment does on the server when the reader moves to another
+  slice: the slice's heatmap (``core.study_cams.SliceCams``) plus drawing it (overlay, image pair figure, strip
+  chart line). Two cases: the next slice, computed ahead while the reader looked at the current one (the
+  page's prefetch), and a jump to a slice far away (computed on demand).
+* Memory: RSS of a fresh process while it reviews a 155- and a 500-slice series: the growth over the RSS
+  after reading the volume (what predicting adds) must not grow with the number of slices.
+
+    python -m bench.study_section [--weights weights] [--readme bench/README_section_study.md]
+
+Writes ``bench/results/study-<machine>-<date>.json`` and the README section file (the README's ``bench``
+block includes it: ``python -m tools.readme_sections``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+README_FILE = REPO / "bench" / "README_section_study.md"
+SHAPE = (240, 240, 155)
+TARGET_REVIEW_S, TARGET_SLICE_MS = 5.0, 150.0
+
+
+def volume_bytes(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> bytes:
+    """A synthetic head volume with a bright ball, as gzipped NIfTI bytes (1 mm voxels)."""
+    import nibabel as nib
+
+    from core.synthetic import fake_volume
+
+    vol, _ = fake_volume(np.random.default_rng(seed), shape)
+    return gzip.compress(nib.Nifti1Image(vol, np.eye(4)).to_bytes(), compresslevel=1)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _draw(series, review, k: int, cam, item, state: dict) -> None:
+    """What the viewer fragment draws for slice ``k`` (ui.study_viewer), minus sending it to the browser."""
+    from core.cam import COLORMAPS, overlay
+    from core.dicom_io import DicomDisplay, apply_display_window
+    from ui.imaging import colour_scale, draw_peak_marker, to_uint8
+    from ui.study_view import move_marker, refill_pair, strip_chart
+
+    stored = series.plane_image(k, review.plane)
+    display = DicomDisplay(values=stored, monochrome1=False, file_window=None, voi_lut_sequence=False)
+    lo, hi = review.scale
+    grey = to_uint8(apply_display_window(display, (lo + hi) / 2, hi - lo))
+    blend = draw_peak_marker(overlay(item, cam.heatmap, 0.45, "jet"), cam.peak)
+    state["pair"] = refill_pair(state.get("pair"), grey, blend, (f"Slice {k + 1}", cam.target),
+                                colour_scale(COLORMAPS["jet"]), "1 = this map's peak")
+    state["strip"] = move_marker(state.get("strip") or strip_chart(review, k), k)
+    state["pair"].to_json(), state["strip"].to_json()  # noqa: B018 - the serialisation st.plotly_chart does
+
+
+def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
+                  memory_slices: tuple[int, ...] = (155, 500), readme: str | Path | None = None,
+                  output: str = "") -> dict:
+    """Measure the study review (see the module docstring) with ``predictor`` (the model of ``weights``, which
+    the memory runs load in fresh processes); returns the section's results and, with ``readme``, writes the
+    README section there (``output``: the results file the figures are kept in)."""
+    import torch
+
+    from bench.common import machine_info
+    from core.series import read_series
+    from core.study import load_rule, review_series
+    from core.study_cams import SliceCams
+
+    method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
+    predictor.warmup(method)  # what the app does once when it loads the model
+    data, rule = volume_bytes(), load_rule()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        series = read_series([("synthetic.nii.gz", data)])[0].series
+        t1 = time.perf_counter()
+        review = review_series(predictor, series, rule)
+        t2 = time.perf_counter()
+        shown = review.top_slices[0] if review.top_slices else review.n_slices // 2
+        cams = SliceCams(predictor, series, review, method)
+        cams.get(shown)
+        t3 = time.perf_counter()
+        runs.append({"read_s": round(t1 - t0, 3), "predict_and_verdict_s": round(t2 - t1, 3),
+                     "cam_shown_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)})
+    later = runs[1:] or runs
+    state: dict = {}
+    _draw(series, review, shown, *cams.get(shown), state)  # the page's figures exist once a series is shown
+    ahead, demand = [], []
+    k = max(0, min(shown, review.n_slices - steps - 1))
+    for _ in range(steps):  # the reader steps on; each neighbour was computed while the previous slice was read
+        cams.prefetch(cams.neighbours(k))
+        cams.wait()
+        k += 1
+        t = time.perf_counter()
+        _draw(series, review, k, *cams.get(k), state)
+        ahead.append(1000 * (time.perf_counter() - t))
+    fresh = SliceCams(predictor, series, review, method)
+    for j in np.linspace(5, review.n_slices - 5, steps).astype(int):  # jumps: nothing computed ahead
+        t = time.perf_counter()
+        _draw(series, review, int(j), *fresh.get(int(j)), state)
+        demand.append(1000 * (time.perf_counter() - t))
+    out = {
+        "volume": f"synthetic {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} NIfTI (core.synthetic.fake_volume)",
+        "cam_method": method, "precision": predictor.describe().get("precision"), "tta": predictor.tta,
+        "rule": {"min_run": rule.min_run, "threshold": rule.threshold}, "verdict": review.verdict_text(),
+        "first_series": runs[0], "later_series": later,
+        "full_review_s_median_later": round(statistics.median(r["total_s"] for r in later), 3),
+        "slice_change_ms": {
+            "next_slice_computed_ahead": _stats(ahead),
+            "jump_computed_on_demand": _stats(demand)},
+        "memory": {str(z): memory_run(weights, z) for z in memory_slices},
+    }
+    out["targets"] = targets(out)
+    info = machine_info(torch.device("cpu"))
+    out.update(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               machine=f"{info['cpu']}, {info['cores']} cores", output=output)
+    if readme:
+        Path(readme).write_text(render(out))
+    return out
+
+
+def _stats(ms: list[float]) -> dict:
+    return {"p50": round(statistics.median(ms), 1), "max": round(max(ms), 1), "n": len(ms)}
+
+
+def memory_run(weights: str, slices: int, timeout: float = 900) -> dict:
+    """Peak RSS growth while a fresh process reviews a ``slices``-slice series (see :func:`memory_child`)."""
+    from bench.common import run_json
+
+    cmd = [sys.executable, "-m", "bench.study_section", "--memory-child", str(slices),
+           "--weights", str(weights)]
+    return run_json(cmd, timeout)
+
+
+def _weights_default() -> str:
+    from bench.common import real_weights_ready
+
+    return str(REPO / "weights") if real_weights_ready(REPO / "weights") else "random"
+
+
+def memory_child(weights: str, slices: int) -> dict:
+    """In a fresh process: read a ``slices``-slice 240x240 volume, then review it, sampling RSS after every
+    chunk. ``growth_mb``: the highest RSS during the review minus the RSS once the volume was read."""
+    import torch
+
+    from bench.common import cores, load_model
+    from core.predictor import Predictor
+    from core.series import read_series
+    from core.study import load_rule, review_series
+
+    torch.set_num_threads(cores())
+    bundle, _ = load_model(weights)
+    predictor = Predictor(bundle, torch.device("cpu"))
+    predictor.warmup(None)
+    data = volume_bytes((SHAPE[0], SHAPE[1], slices), seed=1)
+    series = read_series([("long.nii.gz", data)])[0].series
+    del data
+    base = _rss_mb()
+    samples: list[float] = []
+    review_series(predictor, series, load_rule(), progress=lambda done, n: samples.append(_rss_mb()))
+    return {"slices": slices, "volume_mb": round(series.volume.nbytes / 2 ** 20, 1),
+            "rss_after_read_mb": round(base, 1),
+            "peak_during_review_mb": round(max(samples), 1), "growth_mb": round(max(samples) - base, 1),
+            "samples_mb": [round(s) for s in samples[:: max(1, len(samples) // 8)]]}
+
+
+def targets(r: dict) -> dict:
+    review = r["full_review_s_median_later"]
+    ahead = r["slice_change_ms"]["next_slice_computed_ahead"]["p50"]
+    out = {f"155-slice volume fully reviewed <= {TARGET_REVIEW_S:g} s (median of later series)":
+           {"value_s": review, "met": review <= TARGET_REVIEW_S},
+           f"next slice with its heatmap <= {TARGET_SLICE_MS:g} ms (server side, p50)":
+           {"value_ms": ahead, "met": ahead <= TARGET_SLICE_MS}}
+    mem = r.get("memory") or {}
+    if len(mem) >= 2:
+        a, b = (mem[k] for k in sorted(mem, key=int)[:1] + sorted(mem, key=int)[-1:])
+        extra = b["growth_mb"] - a["growth_mb"]
+        out[f"memory flat: review growth at {b['slices']} slices within 50 MB of {a['slices']} slices"] = {
+            "value_mb": round(extra, 1), "met": extra < 50}
+    return out
+
+
+def render(r: dict) -> str:
+    """The README section (a Markdown fragment with its own ``###`` heading)."""
+    first, later = r["first_series"], r["later_series"]
+    med = lambda key: round(statistics.median(x[key] for x in later), 2)  # noqa: E731
+    sc = r["slice_change_ms"]
+    lines = [
+        "### Study review (whole series)",
+        "",
+        f"`python -m bench.study_section` ({r['date']}, {r['machine']}"
+        + (f"; `{r['output']}`" if r.get("output") else "") + f"): {r['volume']}, model "
+        f"{r['precision']}{', mirror-averaged' if r['tta'] == 'hflip' else ''}, heatmap {r['cam_method']}; after "
+        f"`Predictor.warmup()` as the app does at load."
+        + (f" Other programs used {r['foreign_share']} of the machine's CPU while it ran, so these figures are "
+           "slower than on a quiet machine." if r.get("foreign_share") and r["foreign_share"] != "0%" else ""),
+        "",
+        "| step | first series (s) | later series, median (s) |", "|---|---:|---:|",
+        f"| read the NIfTI volume | {first['read_s']} | {med('read_s')} |",
+        f"| every slice predicted + series verdict | {first['predict_and_verdict_s']} | "
+        f"{med('predict_and_verdict_s')} |",
+        f"| heatmap of the shown slice | {first['cam_shown_s']} | {med('cam_shown_s')} |",
+        f"| **total** | **{first['total_s']}** | **{med('total_s')}** |",
+        "",
+        "Slice change, on the server (the heatmap plus drawing the image pair and the strip chart line, as the "
+        "viewer fragment does; the browser then draws the figure): next slice, its heatmap computed ahead while "
+        f"the reader looked at the current one, p50 **{sc['next_slice_computed_ahead']['p50']} ms** (max "
+        f"{sc['next_slice_computed_ahead']['max']} ms, {sc['next_slice_computed_ahead']['n']} steps); a jump to a "
+        f"slice far away, computed on demand, p50 {sc['jump_computed_on_demand']['p50']} ms (max "
+        f"{sc['jump_computed_on_demand']['max']} ms).",
+    ]
+    mem = r.get("memory") or {}
+    if mem:
+        lines += ["", "Memory while a fresh process reviews one series (RSS growth over the RSS once the volume "
+                      "was read; the volume itself is float32 in memory):", "",
+                  "| slices | volume (MB) | RSS after read (MB) | peak during review (MB) | growth (MB) |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m['slices']} | {m['volume_mb']} | {m['rss_after_read_mb']} | {m['peak_during_review_mb']} | "
+                  f"{m['growth_mb']} |" for m in mem.values()]
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {k} | {next(v for kk, v in t.items() if kk != 'met')} | {'met' if t['met'] else 'MISSED'} |"
+              for k, t in r["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None, help="model folder (default weights/ when trained, else random)")
+    p.add_argument("--readme", default=str(README_FILE), help="README section file to write ('-': none)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    import torch
+
+    from bench.common import ForeignLoad, cores, load_model, machine_info, machine_slug
+
+    weights = args.weights or _weights_default()
+    if args.memory_child:
+        print(json.dumps(memory_child(weights, args.memory_child)))
+        return 0
+    from core.predictor import Predictor
+
+    torch.set_num_threads(cores())
+    bundle, desc = load_model(weights)
+    predictor = Predictor(bundle, torch.device("cpu"))
+    info = machine_info(torch.device("cpu"))
+    out = REPO / "bench" / "results" / f"study-{machine_slug(info)}-{dt.date.today().isoformat()}.json"
+    with ForeignLoad() as load:
+        r = study_section(predictor, weights, repeats=args.repeats, output=str(out.relative_to(REPO)))
+    r["model"] = desc
+    if load.result is not None:
+        r["other_programs"] = load.result
+        r["foreign_share"] = f"{100 * load.result['foreign_share_of_machine']:.0f}%"
+    out.write_text(json.dumps(r, indent=2))
+    text = render(r)
+    if args.readme != "-":
+        Path(args.readme).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,8 @@ Four README blocks are generated, never typed:
     the experiment reports in ``reports/`` (leave-one-source-out, pretrained vs from scratch);
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``, followed by
     ``bench/README_section_study.md`` (``python -m bench.study_section``, also run by ``python -m bench``) and
-    ``bench/README_section_gpu.md`` (the same, written by a run on a GPU; ``bench/gpu_check.sh``) when present;
+    ``bench/README_section_gpu.md`` (the same, written by a run on a GPU; ``bench/gpu_check.sh``) when present,
+    and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.pacs_section``);
   * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``);
   * ``fine-model``: the 44-class model, from ``weights/feltrin44/model_card.json`` and ``metrics.json`` and the
     targets ``core.targets.FINE_TARGETS``.
@@ -264,9 +265,22 @@ def render_bench() -> str:
     text = _without_heading(BENCH_SECTION)
     if BENCH_STUDY_SECTION.is_file():  # a "### Study review" section of its own
         text += "\n\n" + BENCH_STUDY_SECTION.read_text().strip()
+    pacs = sorted(BENCH_RESULTS.glob("pacs-*.json"))  # python -m bench.pacs_section, saved by date
+    if pacs:
+        text += "\n\n" + _pacs_line(pacs[-1])
     if BENCH_GPU_SECTION.is_file():
         text += "\n\n### On a GPU\n\n" + _without_heading(BENCH_GPU_SECTION)
     return text
+
+
+def _pacs_line(path: Path) -> str:
+    r = json.loads(path.read_text())
+    return (f"**PACS round trip** (`bench/results/{path.name}`, `python -m bench.pacs_section`, {r['cpus']} cores): "
+            f"a {r['slices']}-slice series ({r['source']}) retrieved from a local Orthanc, every slice reviewed, "
+            f"the key heatmaps, SR and Secondary Captures built and stored: median **{r['seconds_median']:.2f} s** "
+            f"over {r['studies']} studies (first {r['seconds_first']:.2f} s, slowest {r['seconds_max']:.2f} s; "
+            f"target ≤ {r['target_seconds']:g} s: {'met' if r['met'] else '**not met**'}); the process's memory "
+            f"grew {r['rss_growth_mb_5th_to_last']:+.1f} MB from the 5th study to the last.")
 
 
 def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS) -> str:

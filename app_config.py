@@ -18,7 +18,7 @@ labelled dataset       ``dataset_root``            ``MRI_DATA_ROOT`` (misclassif
 uncertainty threshold  ``uncertain_below``         ``MRI_UNCERTAIN_BELOW`` (default 0.6)
 gallery page size      ``gallery_page_size``       ``MRI_GALLERY_PAGE_SIZE`` (default 24)
 batch reviews at once  ``max_batch_jobs``          ``MRI_MAX_BATCH_JOBS`` (default 2, whole server)
-PACS (DICOMweb) URL    ``pacs_url``                ``MRI_PACS_URL`` (unset: no PACS; see core/pacs.py)
+PACS (DICOMweb) URL    ``pacs_url``                ``MRI_PACS_URL`` (unset: no PACS; see core/pacs/client.py)
 PACS user / password   ``pacs_user``,              ``MRI_PACS_USER``, ``MRI_PACS_PASSWORD`` (basic auth)
                        ``pacs_password``
 PACS bearer token      ``pacs_token``              ``MRI_PACS_TOKEN`` (wins over user/password)
@@ -69,7 +69,7 @@ class AppConfig:
     # Batch reviews run as background threads; each takes the model's CPU/GPU time, so the server
     # runs at most this many at once (one per browser session in any case).
     max_batch_jobs: int = 2
-    # PACS over DICOMweb (core/pacs.py). Secrets are kept out of repr() so they never reach a log or page.
+    # PACS over DICOMweb (core/pacs/client.py). Secrets are kept out of repr() so they never reach a log or page.
     pacs_url: str | None = None
     pacs_dicomweb_root: str = "/dicom-web"
     pacs_user: str | None = None
@@ -80,7 +80,7 @@ class AppConfig:
     pacs_retries: int = 2
     # Sign-in for the PACS page (ui/auth.py): a streamlit-authenticator YAML file; None keeps that page closed.
     auth_config: Path | None = None
-    # A Ray cluster the batch page may send a review to (core/ray_engine.py); None offers the local engine only.
+    # A Ray cluster the batch page may send a review to (core/review/ray_engine.py); None offers the local engine only.
     ray_address: str | None = None
     source: str = "defaults"  # where the settings came from, for display
 

@@ -4,12 +4,12 @@
     python train.py --data-root ../shared/data/brain-tumor-mri        # one Training/Testing tree
     python train.py --dry-run            # a few steps on tiny synthetic images and volumes
 
-Steps (``main`` runs them in order): read the declared data sources (``core.data_spec``) -> index and
-preprocess them once (``core.sources``, cached) -> split every source into train / validation / test parts
-by near-duplicate group and by case (``core.splits``) -> train with augmentation, keeping the checkpoint
+Steps (``main`` runs them in order): read the declared data sources (``core.data.spec``) -> index and
+preprocess them once (``core.data.sources``, cached) -> split every source into train / validation / test parts
+by near-duplicate group and by case (``core.data.splits``) -> train with augmentation, keeping the checkpoint
 that scores best on validation across sources -> temperature scaling and the OOD statistics, fitted on
 training/validation data only -> save -> reload the saved bundle and evaluate it through the serving code on
-the held-out part of every source (``core.source_eval``).
+the held-out part of every source (``core.evaluation.source_eval``).
 """
 from __future__ import annotations
 
@@ -34,26 +34,26 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from core import __version__
-from core.audit import DEFAULT_NEAR_DISTANCE, audit_splits
-from core.augment import AugmentConfig, augment_batch
-from core.calibration import fit_temperature, softmax
-from core.checkpoint import (AUDIT_FILE, CARD_FILE, DEFAULT_MODEL_NAME, INTENDED_USE, METRICS_FILE, kept_validation,
+from core.evaluation.data_audit import DEFAULT_NEAR_DISTANCE, audit_splits
+from core.data.augment import AugmentConfig, augment_batch
+from core.inference.calibration import fit_temperature, softmax
+from core.model.checkpoint import (AUDIT_FILE, CARD_FILE, DEFAULT_MODEL_NAME, INTENDED_USE, METRICS_FILE, kept_validation,
                              load_bundle, model_identity, save_bundle)
-from core.data_spec import DataSpec, DataSpecError, SourceSpec
-from core.dataset import class_names_of, fingerprint
-from core.device import autocast_dtype, select_device
+from core.data.spec import DataSpec, DataSpecError, SourceSpec
+from core.data.dataset import class_names_of, fingerprint
+from core.model.device import autocast_dtype, select_device
 from core.errors import PretrainedUnavailableError
-from core.metrics import detection_metrics, evaluate_predictions, macro_f1_over, summary
-from core.model import CAM_LAYERS, Classifier, build_model, cam_index
-from core.ood import MahalanobisOOD
-from core.predictor import Predictor
+from core.evaluation.metrics import detection_metrics, evaluate_predictions, macro_f1_over, summary
+from core.model.architectures import CAM_LAYERS, Classifier, build_model, cam_index
+from core.inference.ood import MahalanobisOOD
+from core.inference.predictor import Predictor
 from core.preprocess import HEAD_SEARCHES, PreprocessSpec, preprocess, to_model_tensor
-from core.quantize import FeaturesAndLogits
-from core.source_eval import DEFAULT_CONFIDENT_AT, evaluate_parts
-from core.sources import index_sources
-from core.splits import DataSplit, split_sources
-from core.synthetic import NON_MRI_KINDS, fake_scan, fake_volume, non_mri_image
-from core.tta import TTA_MODES, with_tta
+from core.model.int8 import FeaturesAndLogits
+from core.evaluation.source_eval import DEFAULT_CONFIDENT_AT, evaluate_parts
+from core.data.sources import index_sources
+from core.data.splits import DataSplit, split_sources
+from core.data.synthetic import NON_MRI_KINDS, fake_scan, fake_volume, non_mri_image
+from core.model.tta import TTA_MODES, with_tta
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
     p.add_argument("--augment", default="basic", choices=AUGMENTS,
-                   help="augmentation set (core.augment): basic = geometry, gamma, gain, resolution, noise; "
+                   help="augmentation set (core.data.augment): basic = geometry, gamma, gain, resolution, noise; "
                         "scanner = basic plus monotone contrast curves, CLAHE, bias field, blur/sharpen, JPEG")
     p.add_argument("--gamma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="augmentation: random intensity gamma per image (other scanners and sequences; "
@@ -242,7 +242,7 @@ def prepare_data(data: DataSpec, root: Path, split_spec: PreprocessSpec, spec: P
 
 def prepare_from_pack(path: str, spec: PreprocessSpec, args: argparse.Namespace) -> PreparedData:
     """:class:`PreparedData` from a pack (``tools.pack_training_data``): its train and validation parts."""
-    from core.dataset import FileRecord
+    from core.data.dataset import FileRecord
     from tools.pack_training_data import load_pack
 
     meta, recs, images = load_pack(path)
@@ -295,7 +295,7 @@ def batches(n: int, size: int, shuffle: bool, gen: torch.Generator | None = None
 def predict_arrays(model: Classifier, images: torch.Tensor, spec: PreprocessSpec, device: torch.device,
                    tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) and pooled features (N, F) for uint8 (N, S, S) images, no training
-    augmentation; test-time augmentation ``tta`` as the predictor applies it (``core.tta``)."""
+    augmentation; test-time augmentation ``tta`` as the predictor applies it (``core.model.tta``)."""
     model.eval()
     amp = autocast_dtype(device)
     forward = FeaturesAndLogits(model)
@@ -466,7 +466,7 @@ def measure_ood(predictor: Predictor, in_dist_flags: np.ndarray, in_dist_scores:
         "heldout_images": int(len(in_dist_flags)),
         "non_mri_images": len(probes),
         "note": "In-distribution side: the held-out (test) slices of every source. Non-MRI probes are generated "
-                "by core/synthetic.py (noise, blank, gradients, charts, documents, shapes, photo-like scenes, "
+                "by core/data/synthetic.py (noise, blank, gradients, charts, documents, shapes, photo-like scenes, "
                 "checkerboards).",
     }
 
@@ -615,7 +615,7 @@ class RunSetup:
     """What a run starts from: device, parent model, declared data and the input specs."""
 
     device: torch.device
-    parent: object | None  # core.checkpoint.ModelBundle of --init-from
+    parent: object | None  # core.model.checkpoint.ModelBundle of --init-from
     data: DataSpec
     root: Path
     spec: PreprocessSpec  # the model's input contract (mean/std set later for a new model)
@@ -683,7 +683,7 @@ def fit_calibration_and_ood(model: Classifier, images: torch.Tensor, labels: np.
     train_idx, val_idx = prepared.train_idx, prepared.val_idx
     val_logits, _ = predict_arrays(model, images[val_idx], spec, device, args.tta)
     temperature = fit_temperature(val_logits, labels[val_idx])
-    # Features are those of the unmirrored view under any --tta (core.tta), so no TTA pass here.
+    # Features are those of the unmirrored view under any --tta (core.model.tta), so no TTA pass here.
     _, train_feats = predict_arrays(model, images[train_idx], spec, device)
     ood = MahalanobisOOD.fit(train_feats, labels[train_idx], model.head.out_features)
     _, val_feats = predict_arrays(model, images[val_idx], spec, device)

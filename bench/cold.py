@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.common import load_model, peak_rss_mb
-    from core.cam import compute_cams
-    from core.image_io import decode_bytes, read_source_bytes
-    from core.predictor import Predictor
+    from core.explain.cam import compute_cams
+    from core.io.image import decode_bytes, read_source_bytes
+    from core.inference.predictor import Predictor
     from core.preprocess import preprocess_decoded
 
     if args.threads:

@@ -133,9 +133,9 @@ def rss_now_mb(uss: bool = False) -> dict:
 
 def random_bundle(image_size: int = 160, seed: int = 0):
     """A slimresnet bundle with random weights (same architecture and input as the real one)."""
-    from core.checkpoint import ModelBundle
-    from core.model import build_model
-    from core.ood import MahalanobisOOD
+    from core.model.checkpoint import ModelBundle
+    from core.model.architectures import build_model
+    from core.inference.ood import MahalanobisOOD
     from core.preprocess import PreprocessSpec
 
     torch.manual_seed(seed)
@@ -164,7 +164,7 @@ def load_model(weights: str) -> tuple[object, str]:
     """(bundle, description): the trained bundle, or random weights for ``weights='random'``."""
     if weights == "random":
         return random_bundle(), "random weights (speed only)"
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     b = load_bundle(weights)
     return b, f"trained weights {Path(weights).name}/ (sha256 {b.sha256[:12]})"
@@ -193,7 +193,7 @@ class VGGBaseline(nn.Module):
 
 
 def vgg_bundle(spec, class_names: list[str]):
-    from core.checkpoint import ModelBundle
+    from core.model.checkpoint import ModelBundle
 
     torch.manual_seed(0)
     return ModelBundle(model=VGGBaseline(len(class_names)).eval(), card={"name": "vgg16-baseline"}, spec=spec,
@@ -206,7 +206,7 @@ def make_generated_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` JPEG fake scans under folder/<class>/ (mixed sizes, some RGB), like the real set."""
     from PIL import Image
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(seed)
     out = []
@@ -226,7 +226,7 @@ def make_generated_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    from core.files import IMAGE_EXTENSIONS
+    from core.io.files import IMAGE_EXTENSIONS
 
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 

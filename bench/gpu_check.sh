@@ -44,7 +44,7 @@ step() {  # NAME SECONDS COMMAND...: run COMMAND under a time limit that never p
     tail -n 15 "$out/$name.log"
 }
 
-step env 60 bash -c "nvidia-smi; $py -c 'import torch; from core.device import select_device, autocast_dtype
+step env 60 bash -c "nvidia-smi; $py -c 'import torch; from core.model.device import select_device, autocast_dtype
 d = select_device(\"auto\"); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"auto ->\", d,
       torch.cuda.get_device_name(d) if d.type == \"cuda\" else \"\", \"autocast\", autocast_dtype(d))'"
 
@@ -67,11 +67,11 @@ import sys, time
 from pathlib import Path
 import numpy as np, torch
 from dataclasses import replace
-from core.checkpoint import load_bundle
-from core.device import select_device
+from core.model.checkpoint import load_bundle
+from core.model.device import select_device
 from core.gpu_preprocess import stream_batches
-from core.image_io import decode_bytes
-from core.predictor import Predictor
+from core.io.image import decode_bytes
+from core.inference.predictor import Predictor
 from core.preprocess import preprocess_decoded
 dev = select_device(sys.argv[2])
 bundle = load_bundle("weights")

@@ -7,7 +7,7 @@ streamed by reader threads into pinned buffers); without a GPU that row says so.
 
 Per path: decode and crop ms per image (one core, in this process, file bytes already read; GPU: per image of a
 256-batch, synchronised), forward ms per image (forward only, same batch), end-to-end images/s through the
-pipeline (read + decode + crop + forward; CPU: ``core.pipeline.stream`` with every core decoding) and its
+pipeline (read + decode + crop + forward; CPU: ``core.inference.pipeline.stream`` with every core decoding) and its
 fraction of the forward-only rate. Plus the JPEG decoders compared for the reduced decode.
 
     python -m bench.input_path_section [--device auto] [--data DIR] [--images N] [--merge RESULTS_JSON]
@@ -58,7 +58,7 @@ def decoder_choices(spec, datas: list[bytes]) -> dict:
     import cv2
     from PIL import Image
 
-    from core.image_io import DEFAULT_LIMITS, decode_bytes, decode_jpeg_reduced, reduction_factor
+    from core.io.image import DEFAULT_LIMITS, decode_bytes, decode_jpeg_reduced, reduction_factor
     from core.preprocess import _needed_side
 
     need = _needed_side(spec)
@@ -87,7 +87,7 @@ def decoder_choices(spec, datas: list[bytes]) -> dict:
 def _gpu_row(bundle, spec, files: list[Path], device: torch.device, bs: int) -> dict:
     """The tensor path on a CUDA device: stage split on batches in memory, then streamed end to end."""
     from core.gpu_preprocess import decode_batch, preprocess_batch, stream_batches
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     pred = Predictor(replace(bundle, spec=spec), device)
     datas = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8).pin_memory() for f in files[:bs]]
@@ -121,7 +121,7 @@ def input_paths(bundle, device: torch.device, files: list[Path], bs: int = 64, s
                 e2e_images: int = 384) -> dict:
     """The section's dict: ``rows`` (one per path), ``decoders``, and what was measured on what."""
     from bench.run import e2e, forward_stats
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     fast = replace(bundle.spec, head_search="gamma_hist")
     datas = [Path(f).read_bytes() for f in files[:stage_images]]
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from bench.common import load_model
-    from core.device import select_device
+    from core.model.device import select_device
 
     device = select_device(args.device)
     bundle, _ = load_model(args.weights)

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.common import cycle, interleave_classes, list_images, load_model, peak_rss_mb, rss_now_mb
-    from core.pipeline import stream
-    from core.predictor import Predictor
+    from core.inference.pipeline import stream
+    from core.inference.predictor import Predictor
     from pathlib import Path
 
     if args.threads:

@@ -1,7 +1,7 @@
 """Bench section ``pacs``: a 155-slice series retrieved from a local Orthanc, reviewed and sent back; memory over
 20 consecutive studies.
 
-Each study runs the dashboard's path (``core.pacs_workflow``): WADO-RS retrieve to a temporary folder, read as a
+Each study runs the dashboard's path (``core.pacs.workflow``): WADO-RS retrieve to a temporary folder, read as a
 series (files deleted), every slice predicted, the verdict, the key slices' heatmaps, the SR and Secondary Captures
 built and STOW-RS stored. The studies are distinct (own UIDs), each the same 155-slice volume: a BraTS FLAIR volume
 from ``../shared/data/volumes`` when present, else a synthetic head. The process's RSS is read after every study
@@ -50,9 +50,9 @@ def _rss_mb() -> float:
 
 def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Path = VOLUME) -> dict:
     """Seconds per study (retrieve, read, review, heatmaps, build, store) and RSS after each of ``studies``."""
-    from core import pacs_workflow as wf
-    from core.pacs import PacsConfig
-    from core.results_sr import ModelIdentity
+    from core.pacs import workflow as wf
+    from core.pacs.client import PacsConfig
+    from core.report.sr import ModelIdentity
     from tests.orthanc_support import OrthancServer, missing_reason, mr_series, to_bytes
 
     reason = missing_reason()
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
     predictor = Predictor(load_bundle(args.weights), torch.device("cpu"))

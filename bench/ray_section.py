@@ -1,7 +1,7 @@
 """Bench section ``ray``: the batch review on the local engine against the Ray Data engine, in one run, and the
 driver's memory over a long run.
 
-Both engines run ``core.batch.run_batch`` (CSV writer, no audit) over the same files, in turn, on a local Ray
+Both engines run ``core.review.folder.run_batch`` (CSV writer, no audit) over the same files, in turn, on a local Ray
 started here with every core. The Ray figure counts its actors' start-up (model load)
 but not ``ray.init`` (a cluster is started once and then serves many runs). Rows are compared: same files,
 classes and errors, and the largest probability difference. The memory part runs the Ray engine over a list
@@ -30,7 +30,7 @@ def _rows(path: Path) -> list[dict]:
 
 def _start_ray(cpus: int | None) -> bool:
     """A local Ray for the section (True when this call started it, so the caller stops it)."""
-    from core.ray_engine import REPO, import_ray
+    from core.review.ray_engine import REPO, import_ray
 
     ray = import_ray()
     if ray.is_initialized():
@@ -48,8 +48,8 @@ def compare_engines(predictor, weights: str, files: list[Path], batch_size: int 
     figure and to the in-process one; and whether the rows are identical (probabilities within 1e-5)."""
     from statistics import median
 
-    from core.batch import local_engine, run_batch
-    from core.ray_engine import RayEngine, import_ray
+    from core.review.folder import local_engine, run_batch
+    from core.review.ray_engine import RayEngine, import_ray
 
     ray = import_ray()
     out: dict = {"images": len(files), "batch": batch_size, "rounds": rounds}
@@ -108,7 +108,7 @@ def generate_slices(folder: Path, n: int, size: int = 64, distinct: int = 500) -
     import numpy as np
     from PIL import Image
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,8 +136,8 @@ def driver_memory(predictor, weights: str, n_files: int = 20_000, batch_size: in
     after the first 10 % of rows, when the actors and Ray's buffers have started) says whether it is flat."""
     import psutil
 
-    from core.batch import run_batch
-    from core.ray_engine import RayEngine, import_ray
+    from core.review.folder import run_batch
+    from core.review.ray_engine import RayEngine, import_ray
 
     ray = import_ray()
     proc = psutil.Process(os.getpid())
@@ -180,7 +180,7 @@ def section(predictor, weights: str, files: list[Path] | None, batch_size: int =
             memory_files: int = 20_000) -> dict:
     """Both parts on one local Ray: the engine comparison over ``files`` (skipped, with the reason, when there
     are none) and the driver's memory over ``memory_files`` generated slices (0: skipped)."""
-    from core.ray_engine import import_ray
+    from core.review.ray_engine import import_ray
 
     out: dict = {}
     started = _start_ray(cpus)
@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.files import iter_image_files
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.io.files import iter_image_files
+    from core.inference.predictor import Predictor
 
     data = Path(args.data)
     files = sorted(iter_image_files(data)) if data.is_dir() else []

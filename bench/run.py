@@ -1,6 +1,6 @@
 """``python -m bench``: speed of the slice classifier on this machine, with a VGG16 baseline.
 
-Everything is measured in one run, on whatever device ``core.device.select_device``
+Everything is measured in one run, on whatever device ``core.model.device.select_device``
 picks (or ``--device``), and reported as a table on stdout plus a JSON file
 (``bench/results/<machine>-<date>.json``) and a README section (``bench/README_section.md``):
 
@@ -10,7 +10,7 @@ picks (or ``--device``), and reported as a table on stdout plus a JSON file
 * single scan: cold (fresh process, ``bench/cold.py``) and warm latency, p50/p95,
   split into decode, preprocess, forward (predict) and Grad-CAM;
 * batch throughput end to end over a folder of real JPEGs (decode included) for batch
-  sizes 1-256, ours and VGG16 through the same pipeline (``core.pipeline``), the
+  sizes 1-256, ours and VGG16 through the same pipeline (``core.inference.pipeline``), the
   ratio between them, and with batched Grad-CAM on;
 * memory: RSS over a 5,000-image run in a fresh process (``bench/memory.py``); peak
   GPU memory on CUDA;
@@ -78,7 +78,7 @@ class OrtBackend:
     def __init__(self, bundle, threads: int):
         import onnxruntime as ort
 
-        from core.quantize import FeaturesAndLogits
+        from core.model.int8 import FeaturesAndLogits
 
         s = bundle.spec.image_size
         self.path = Path(tempfile.mkdtemp(prefix="bench-ort-")) / "model.onnx"
@@ -130,8 +130,8 @@ def build_backends(bundle, device, cfg, calibration, threads) -> dict:
     """
     from functools import partial
 
-    from core.predictor import Predictor as ShippedPredictor
-    from core.quantize import FeaturesAndLogits
+    from core.inference.predictor import Predictor as ShippedPredictor
+    from core.model.int8 import FeaturesAndLogits
 
     Predictor = partial(ShippedPredictor, tta="none")
 
@@ -209,7 +209,7 @@ def bench_backends(bundle, device, cfg, calibration, threads, vgg) -> dict:
 
 def accuracy_check(objects: dict, bundle, device, files: list[Path], workers: int) -> dict:
     """Testing accuracy of every backend, from one decode of the files (labels: folder names)."""
-    from core.pipeline import iter_batches
+    from core.inference.pipeline import iter_batches
 
     names = bundle.class_names
     tensors, labels = [], []
@@ -254,8 +254,8 @@ def accuracy_check(objects: dict, bundle, device, files: list[Path], workers: in
 # --------------------------------------------------------------------------- single scan
 
 def single_scan_warm(predictor, files: list[Path], runs: int, cam_method: str | None = "gradcam") -> dict:
-    from core.cam import compute_cams
-    from core.image_io import decode_bytes, read_source_bytes
+    from core.explain.cam import compute_cams
+    from core.io.image import decode_bytes, read_source_bytes
     from core.preprocess import preprocess_decoded
 
     dev = predictor.device
@@ -322,9 +322,9 @@ def single_scan_cold(weights: str, files: list[Path], runs: int, precision: str,
 
 def e2e(predictor, files: list[Path], bs: int, workers: int, threads: int, cam_method: str | None = None,
         collect_stages: bool = False) -> dict:
-    """Images/s over ``files`` through core.pipeline.stream (read + decode + preprocess + forward [+ CAM])."""
-    from core.cam import cam_maps
-    from core.pipeline import stream
+    """Images/s over ``files`` through core.inference.pipeline.stream (read + decode + preprocess + forward [+ CAM])."""
+    from core.explain.cam import cam_maps
+    from core.inference.pipeline import stream
 
     torch.set_num_threads(threads)
     s, c = predictor.spec.image_size, predictor.spec.channels
@@ -402,7 +402,7 @@ def cam_throughput(ours, files, cfg, tuned) -> dict:
 
 def cam_engines(predictor, files: list[Path], bs: int) -> dict:
     """Native batched CAM vs the grad-cam package on the same batch: time and largest difference."""
-    from core.cam import cam_maps
+    from core.explain.cam import cam_maps
     from core.preprocess import preprocess
 
     items = [preprocess(f, predictor.spec) for f in files[:bs]]
@@ -481,7 +481,7 @@ def profile_decode(spec, files: list[Path]) -> dict:
     import cProfile
     import pstats
 
-    from core.pipeline import load_file
+    from core.inference.pipeline import load_file
 
     for f in files[:3]:
         load_file(f, spec)
@@ -772,8 +772,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["cold_runs"] = max(1, args.cold_runs)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
-    from core.device import select_device
-    from core.predictor import Predictor
+    from core.model.device import select_device
+    from core.inference.predictor import Predictor
 
     device = select_device(args.device)
     n_cores = cores()
@@ -814,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Int8 calibration: the shipped file for trained weights; for random weights, measured here.
     calibration = None
-    from core.quantize import CALIBRATION_FILE, calibrate, int8_supported, load_calibration, save_calibration
+    from core.model.int8 import CALIBRATION_FILE, calibrate, int8_supported, load_calibration, save_calibration
     if device.type == "cpu" and int8_supported():
         if weights != "random":
             cand = Path(weights) / CALIBRATION_FILE

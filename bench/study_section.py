@@ -1,10 +1,10 @@
 """Bench section ``study``: a whole series reviewed, a slice change, and memory over a long series.
 
-* Full review: a synthetic 155-slice 240x240 NIfTI volume (``core.synthetic.fake_volume``; no real data needed)
+* Full review: a synthetic 155-slice 240x240 NIfTI volume (``core.data.synthetic.fake_volume``; no real data needed)
   read, every slice predicted, the series verdict, and the heatmap of the shown slice; after
   ``Predictor.warmup`` as the app does at load. The first series and the median of the later ones.
 * Slice change: what the Study page's viewer fragment does on the server when the reader moves to another
-  slice: the slice's heatmap (``core.study_cams.SliceCams``) plus drawing it (overlay, image pair figure, strip
+  slice: the slice's heatmap (``core.explain.study_cams.SliceCams``) plus drawing it (overlay, image pair figure, strip
   chart line). Two cases: the next slice, computed ahead while the reader looked at the current one (the
   page's prefetch), and a jump to a slice far away (computed on demand).
 * Memory: RSS of a fresh process while it reviews a 155- and a 500-slice series: the growth over the RSS
@@ -38,7 +38,7 @@ def volume_bytes(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> bytes:
     """A synthetic head volume with a bright ball, as gzipped NIfTI bytes (1 mm voxels)."""
     import nibabel as nib
 
-    from core.synthetic import fake_volume
+    from core.data.synthetic import fake_volume
 
     vol, _ = fake_volume(np.random.default_rng(seed), shape)
     return gzip.compress(nib.Nifti1Image(vol, np.eye(4)).to_bytes(), compresslevel=1)
@@ -53,8 +53,8 @@ def _rss_mb() -> float:
 
 def _draw(series, review, k: int, cam, item, state: dict) -> None:
     """What the viewer fragment draws for slice ``k`` (ui.study_viewer), minus sending it to the browser."""
-    from core.cam import COLORMAPS, overlay
-    from core.dicom_io import DicomDisplay, apply_display_window
+    from core.explain.cam import COLORMAPS, overlay
+    from core.io.dicom import DicomDisplay, apply_display_window
     from ui.imaging import colour_scale, draw_peak_marker, to_uint8
     from ui.study_view import move_marker, refill_pair, strip_chart
 
@@ -78,9 +78,9 @@ def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
     import torch
 
     from bench.common import machine_info
-    from core.series import read_series
-    from core.study import load_rule, review_series
-    from core.study_cams import SliceCams
+    from core.io.series import read_series
+    from core.inference.study import load_rule, review_series
+    from core.explain.study_cams import SliceCams
 
     method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
     predictor.warmup(method)  # what the app does once when it loads the model
@@ -116,7 +116,7 @@ def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
         _draw(series, review, int(j), *fresh.get(int(j)), state)
         demand.append(1000 * (time.perf_counter() - t))
     out = {
-        "volume": f"synthetic {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} NIfTI (core.synthetic.fake_volume)",
+        "volume": f"synthetic {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} NIfTI (core.data.synthetic.fake_volume)",
         "cam_method": method, "precision": predictor.describe().get("precision"), "tta": predictor.tta,
         "rule": {"min_run": rule.min_run, "threshold": rule.threshold}, "verdict": review.verdict_text(),
         "first_series": runs[0], "later_series": later,
@@ -160,9 +160,9 @@ def memory_child(weights: str, slices: int) -> dict:
     import torch
 
     from bench.common import cores, load_model
-    from core.predictor import Predictor
-    from core.series import read_series
-    from core.study import load_rule, review_series
+    from core.inference.predictor import Predictor
+    from core.io.series import read_series
+    from core.inference.study import load_rule, review_series
 
     torch.set_num_threads(cores())
     bundle, _ = load_model(weights)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:
         print(json.dumps(memory_child(weights, args.memory_child)))
         return 0
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     torch.set_num_threads(cores())
     bundle, desc = load_model(weights)

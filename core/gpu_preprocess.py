@@ -7,7 +7,7 @@ in batches), an area-reduced copy of at most 256 px, window and head search from
 the bounding box of the largest component (labels propagated on a half-resolution mask), and crop + square pad +
 resize with ``F.interpolate`` from the copy reduced as a JPEG's DCT-scaled decode would be.
 
-Every op takes its device from its inputs or an explicit ``device`` argument (``core.device.select_device``
+Every op takes its device from its inputs or an explicit ``device`` argument (``core.model.device.select_device``
 chooses it; nothing here does), so the same code runs on CPU in the tests. Files stream from disk in reader
 threads into pinned buffers on CUDA (:func:`stream_batches`). Inputs the tensor path does not take (PNG, DICOM,
 CMYK or oversized JPEGs) go through the CPU definition; unreadable ones come back with their error, never a
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.errors import ImageLoadError
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes, reduction_factor
+from core.io.image import DEFAULT_LIMITS, DecodeLimits, read_source_bytes, reduction_factor
 from core.preprocess import (_GAMMA_OTSU_STEPS, _GAMMA_OTSU_TARGET, _SEARCH_SIDE, PreprocessSpec, Preprocessed,
                              _needed_side, decode_for, preprocess_decoded)
 

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, on_reading_scale, overlay
-from core.dicom_io import apply_display_window
-from core.display import analysed_window, grey_display
+from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, on_reading_scale, overlay
+from core.io.dicom import apply_display_window
+from core.io.display import analysed_window, grey_display
 from core.errors import ImageLoadError
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
-from core.metrics import OTHER_LESION, implied_type_and_sequence, no_finding_classes, pooled_missed_findings
+from core.io.image import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
+from core.evaluation.metrics import OTHER_LESION, implied_type_and_sequence, no_finding_classes, pooled_missed_findings
 from core.preprocess import analysed_view
-from core.report_pdf import single_scan_pdf
-from core.results_sr import ModelIdentity
+from core.report.pdf import single_scan_pdf
+from core.report.sr import ModelIdentity
 from ui import charts, feedback, state, views
 from ui.imaging import colour_original, colour_scale, draw_peak_marker, labelled_overlay, png_bytes, to_uint8
 from ui.results import (Analysis, analyse_bytes, explain, overlay_file_name, record_csv, record_json,

@@ -5,12 +5,12 @@ import shutil
 
 import streamlit as st
 
-from core.cam import CAM_METHOD_NAMES, CAM_METHODS, COLORMAPS
-from core.files import PathNotAllowedError, count_image_files, resolve_within
-from core.metrics import OTHER_LESION, no_finding_classes
-from core.report_pdf import batch_pdf
-from core.results_sr import ModelIdentity
-from core.study_batch import has_studies
+from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, COLORMAPS
+from core.io.files import PathNotAllowedError, count_image_files, resolve_within
+from core.evaluation.metrics import OTHER_LESION, no_finding_classes
+from core.report.pdf import batch_pdf
+from core.report.sr import ModelIdentity
+from core.review.studies import has_studies
 from ui import charts, state, views
 from ui.batch_job import (CANCELLED, DONE, FAILED, STOP_WAIT_S, BatchJob, BatchLimitError, active_jobs,
                           display_frame, export_csv, filter_frame, format_seconds, save_uploads, with_threshold)
@@ -51,7 +51,7 @@ def ray_engine(mode: str):
         st.error("**Uploaded files are reviewed locally.** The cluster's nodes read files from shared storage; "
                  "choose *Local*, or put the files in a folder every node mounts.", icon=":material/hub:")
         return None
-    from core.ray_engine import RayEngine  # no import of ray itself until a cluster is asked for
+    from core.review.ray_engine import RayEngine  # no import of ray itself until a cluster is asked for
 
     try:
         engine = RayEngine(ctx.weights_dir, address=address)

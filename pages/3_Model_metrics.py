@@ -9,10 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from app_config import REPO
-from core.checkpoint import AUDIT_FILE, METRICS_FILE
-from core.evaluate import metrics_for_run, run_labelled
-from core.files import PathNotAllowedError, resolve_within
-from core.targets import evaluate_targets
+from core.model.checkpoint import AUDIT_FILE, METRICS_FILE
+from core.evaluation.evaluate import metrics_for_run, run_labelled
+from core.io.files import PathNotAllowedError, resolve_within
+from core.evaluation.targets import evaluate_targets
 from ui import charts, feedback, state, views
 from ui.charts import format_confidence
 

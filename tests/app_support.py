@@ -57,7 +57,7 @@ MISSED_TESTING = {
 def always_no_tumour_bundle(src: Path, dst: Path) -> Path:
     """A copy of the model in ``src`` that reads every slice as "notumor" (a large head bias) and is never
     "outside intended use", with a metrics.json holding :data:`MISSED_TESTING` as its full Testing set."""
-    from core.checkpoint import load_bundle, model_identity, save_bundle
+    from core.model.checkpoint import load_bundle, model_identity, save_bundle
 
     bundle = load_bundle(src)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def always_no_tumour_bundle(src: Path, dst: Path) -> Path:
 
 
 def scan_png(seed: int = 0, label: int = 1, size: int = 192) -> bytes:
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     buf = io.BytesIO()
     Image.fromarray(fake_scan(np.random.default_rng(seed), size, label)).save(buf, format="PNG")
@@ -80,7 +80,7 @@ def scan_png(seed: int = 0, label: int = 1, size: int = 192) -> bytes:
 
 def photo_png(seed: int = 0) -> bytes:
     """A colourful non-MRI picture (should be flagged out-of-distribution)."""
-    from core.synthetic import non_mri_image
+    from core.data.synthetic import non_mri_image
 
     buf = io.BytesIO()
     Image.fromarray(non_mri_image("shapes", np.random.default_rng(seed))).save(buf, format="PNG")
@@ -89,7 +89,7 @@ def photo_png(seed: int = 0) -> bytes:
 
 def make_labelled_folder(root: Path, per_class: int = 2, corrupt: bool = True, size: int = 160) -> Path:
     """ROOT/<class>/<n>.png synthetic slices, plus one corrupted JPEG under glioma/."""
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(7)
     for k, c in enumerate(CLASSES):
@@ -108,7 +108,7 @@ def dicom_bytes(with_patient: bool = True) -> bytes:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -166,8 +166,8 @@ def other_lesion_bundle(src: Path, dst: Path) -> Path:
     """A copy of the model in ``src`` with a fifth class, "other_lesion", that it gives every slice (a new head
     row with a large bias), never "outside intended use"; metrics.json holds a held-out set in the per-source
     format that ``train.py`` writes."""
-    from core.checkpoint import load_bundle, model_identity, save_bundle
-    from core.metrics import class_recall_as, detection_metrics, evaluate_predictions
+    from core.model.checkpoint import load_bundle, model_identity, save_bundle
+    from core.evaluation.metrics import class_recall_as, detection_metrics, evaluate_predictions
 
     bundle = load_bundle(src)
     head = bundle.model.head
@@ -203,9 +203,9 @@ TYPE_SEQUENCE_TYPES = ("Astrocitoma", "Meningioma", "_NORMAL")
 def type_sequence_bundle(src: Path, dst: Path, name: str = "tiny-type-sequence") -> Path:
     """A copy of the model in ``src`` with nine "<type> <sequence>" classes (3 types x T1 / T1C+ / T2), like the
     44-class model in miniature, under the card name ``name``; its metrics.json holds one evaluated test set."""
-    from core.checkpoint import load_bundle, model_identity, save_bundle
-    from core.metrics import evaluate_predictions
-    from core.ood import MahalanobisOOD
+    from core.model.checkpoint import load_bundle, model_identity, save_bundle
+    from core.evaluation.metrics import evaluate_predictions
+    from core.inference.ood import MahalanobisOOD
 
     bundle = load_bundle(src)
     names = [f"{t} {q}" for t in TYPE_SEQUENCE_TYPES for q in ("T1", "T1C+", "T2")]

@@ -14,7 +14,7 @@ DATA_ROOT = Path(os.environ.get("MRI_DATA_ROOT", REPO.parent / "shared" / "data"
 
 # Two cores on CI: keep each test process to one intra-op thread so parallel work stays predictable.
 torch.set_num_threads(1)
-# Tests that call ray.init themselves get what core.ray_engine.import_ray sets: no usage statistics, whose
+# Tests that call ray.init themselves get what core.review.ray_engine.import_ray sets: no usage statistics, whose
 # collector threads would log tracebacks beside Streamlit's page compiles (see import_ray).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
@@ -52,8 +52,8 @@ def tiny_bundle_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_predictor(tiny_bundle_dir):
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     return Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"))
 
@@ -66,7 +66,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def scan_u8(rng) -> np.ndarray:
     """A synthetic grey 'head' slice, uint8 (256, 256)."""
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     return fake_scan(rng, 256, 1)
 

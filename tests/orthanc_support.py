@@ -164,7 +164,7 @@ def mr_series(n_slices: int = 4, size: int = 64, patient_id: str = "TEST-PAT-1",
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(seed)
     if volume is not None:
@@ -242,7 +242,7 @@ VOLUMES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "v
 
 def demo_volume(path: Path) -> np.ndarray:
     """A NIfTI volume's axial slices (slices, rows, cols), inferior first, scaled to 12-bit values, for upload."""
-    from core.series import read_paths
+    from core.io.series import read_paths
     from tests.study_support import display_slices
 
     vol = display_slices(read_paths([path])[0].series.volume).astype(np.float32)

@@ -33,7 +33,7 @@ def app_env(tiny_bundle_dir, tmp_path, monkeypatch):
 
 def slow_predictions(monkeypatch, seconds: float) -> None:
     """Every chunk of predictions takes ``seconds`` longer: a review is still running when the test looks."""
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     fast = Predictor.predict_preprocessed
 
@@ -97,7 +97,7 @@ def test_folder_batch_with_corrupted_file(app_env):
     # the gallery shows the page of thumbnails (8 images, the corrupted file as a message)
     assert len(at.image) == 8
     # every row went to the audit trail, the unreadable one with its error
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     rows = AuditTrail(app_env.audit_path).recent(50)
     assert len(rows) == 9 and sum(1 for r in rows if r["error"]) == 1 and all(r["source"] == "batch" for r in rows)
@@ -314,7 +314,7 @@ def test_csv_names_the_model_threshold_and_heatmap_peaks(app_env):
     import csv
     import io
 
-    from core.batch import csv_columns
+    from core.review.folder import csv_columns
     from ui.batch_job import export_csv
 
     make_labelled_folder(app_env.root / "set", per_class=7, corrupt=False)  # 28 files: two gallery pages

@@ -59,8 +59,8 @@ def test_local_is_the_default_and_a_cluster_that_cannot_be_used_is_a_message(app
 def test_a_review_runs_on_a_real_ray_cluster_with_progress_rows_audit_and_stop(app_env, monkeypatch,
                                                                                tiny_predictor):
     ray = pytest.importorskip("ray", reason="ray[data] is not installed")
-    from core.audit_trail import AuditTrail
-    from core.batch import run_batch
+    from core.review.audit_trail import AuditTrail
+    from core.review.folder import run_batch
 
     make_labelled_folder(app_env.root / "set", per_class=2)  # 8 slices + one corrupt JPEG
     make_labelled_folder(app_env.root / "big", per_class=40, size=96)  # 161 files

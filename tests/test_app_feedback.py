@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, all_text, make_app_env
-from core.audit_trail import AuditTrail
+from core.review.audit_trail import AuditTrail
 from ui.feedback import NO_IDENTIFIERS, form_key
 
 TIMEOUT = 120
@@ -21,7 +21,7 @@ K = form_key("t", FILE_SHA, MODEL_SHA)
 SCRIPT = f"""
 import sqlite3
 import streamlit as st
-from core.audit_trail import AuditTrail
+from core.review.audit_trail import AuditTrail
 from ui.feedback import feedback_form
 
 class Broken(AuditTrail):

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, CORRUPT_NAME, all_text, always_no_tumour_bundle, make_app_env, make_labelled_folder, scan_png
-from core.checkpoint import model_identity
+from core.model.checkpoint import model_identity
 
 TIMEOUT = 180
 PAGE = "pages/3_Model_metrics.py"

@@ -40,13 +40,13 @@ def shown_image(spec: dict, panel: int) -> np.ndarray:
 
 
 def audit_count(env) -> int:
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     return AuditTrail(env.audit_path).count()
 
 
 def test_page_loads_with_sidebar_model_facts(app_env):
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     bundle = load_bundle(app_env.weights)
     at = start()
@@ -109,7 +109,7 @@ def test_explain_class_matches_the_heatmap_and_resets_for_a_new_scan(app_env):
 
 def test_low_range_16_bit_png_is_shown_as_analysed_with_window_level(app_env):
     """12-bit data in a 16-bit PNG decodes to [0, 0.06]: it must not display almost black."""
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     twelve_bit = fake_scan(np.random.default_rng(4), 192, 0).astype(np.uint16) * 8  # 0..2040
     twelve_bit[90:92, 90:93] = 4095  # a few hot pixels above the 99.5th percentile the model's window ends at
@@ -131,7 +131,7 @@ def test_low_range_16_bit_png_is_shown_as_analysed_with_window_level(app_env):
 
 
 def test_reader_feedback_is_stored_beside_the_prediction(app_env):
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
     from ui.feedback import form_key
 
     at = start()

@@ -39,7 +39,7 @@ def _start() -> AppTest:
 
 
 def test_study_page_lists_series_with_verdicts_and_moves_between_slices(app_env):
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     at = _start()
     assert at.title[0].value == "Study review"
@@ -92,8 +92,8 @@ def test_study_page_lists_series_with_verdicts_and_moves_between_slices(app_env)
 
 
 def test_downloads_carry_no_patient_tag(tiny_predictor):
-    from core.series import read_series
-    from core.study import SeriesRule, review_series
+    from core.io.series import read_series
+    from core.inference.study import SeriesRule, review_series
     from ui.study_view import record_json, series_record, slices_csv
 
     s = read_series(dicom_series(display_slices(synthetic_brain((64, 64, 10)))))[0].series

@@ -1,7 +1,7 @@
 """Bad input: every case gets a specific message, nothing crashes, and a batch loses no row.
 
 One test per item of the hardening issue (numbered as there). Each checks the engine
-(``core.image_io`` / ``core.files`` / the predictor) *and* the batch runner, where a bad
+(``core.io.image`` / ``core.io.files`` / the predictor) *and* the batch runner, where a bad
 file must become one row carrying the reason while every other file still gets its row.
 The tiny dry-run model is untrained, so model-based out-of-distribution checks that need
 trained behaviour use the shipped weights and skip without them.
@@ -23,14 +23,14 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
 
-from core import files as core_files
-from core.batch import main as batch_main, run_batch
+from core.io import files as core_files
+from core.review.folder import main as batch_main, run_batch
 from core.errors import ImageLoadError
-from core.files import PathNotAllowedError, count_image_files, iter_image_files, resolve_within
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes, decode_image, read_source_bytes
-from core.ood import COLOUR_LIMIT
+from core.io.files import PathNotAllowedError, count_image_files, iter_image_files, resolve_within
+from core.io.image import DEFAULT_LIMITS, DecodeLimits, decode_bytes, decode_image, read_source_bytes
+from core.inference.ood import COLOUR_LIMIT
 from core.preprocess import preprocess
-from core.synthetic import fake_scan, non_mri_image
+from core.data.synthetic import fake_scan, non_mri_image
 from tests.conftest import REPO, require_shipped_weights
 from tests.factories import bmp_bomb, dicom_bytes, encode, jpeg_bomb, png_bomb
 
@@ -48,8 +48,8 @@ def tiny_predictor(tiny_bundle_dir):
 
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     return Predictor(dataclasses.replace(load_bundle(tiny_bundle_dir), temperature=1.0), torch.device("cpu"))
 
@@ -342,8 +342,8 @@ def test_10_colour_photo_is_out_of_distribution_with_any_model(tmp_path, tiny_pr
 def shipped_predictor():
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     return Predictor(load_bundle(require_shipped_weights()), torch.device("cpu"))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.batch import csv_columns, done_paths, main as batch_main, run_batch
-from core.synthetic import fake_scan
+from core.review.folder import csv_columns, done_paths, main as batch_main, run_batch
+from core.data.synthetic import fake_scan
 from tests.conftest import REPO
 
 

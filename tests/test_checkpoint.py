@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from core.checkpoint import CARD_FILE, WEIGHTS_FILE, load_bundle, save_bundle
+from core.model.checkpoint import CARD_FILE, WEIGHTS_FILE, load_bundle, save_bundle
 from core.errors import CheckpointError, PretrainedUnavailableError
-from core.model import build_model
-from core.ood import MahalanobisOOD
+from core.model.architectures import build_model
+from core.inference.ood import MahalanobisOOD
 
 
 def test_round_trip(tmp_path):

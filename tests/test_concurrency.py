@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import cam as core_cam
-from core.cam import compute_cams
-from core.checkpoint import load_bundle
-from core.predictor import Predictor
-from core.synthetic import fake_scan
+from core.explain import cam as core_cam
+from core.explain.cam import compute_cams
+from core.model.checkpoint import load_bundle
+from core.inference.predictor import Predictor
+from core.data.synthetic import fake_scan
 from tests.factories import encode
 
 N_THREADS = 8

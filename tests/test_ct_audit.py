@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from core.audit import audit_splits, load_non_mri, non_mri_entry
-from core.dataset import FileRecord
-from core.ood import CT_REASON, CT_RULE, ct_gate, skull_ring
+from core.evaluation.data_audit import audit_splits, load_non_mri, non_mri_entry
+from core.data.dataset import FileRecord
+from core.inference.ood import CT_REASON, CT_RULE, ct_gate, skull_ring
 from core.preprocess import PreprocessSpec, preprocess
-from core.synthetic import fake_scan
+from core.data.synthetic import fake_scan
 from tests.conftest import REPO, require_real_data, require_shipped_weights
 from tools.ct_audit import REPORT, choose_rule, contact_sheets, flags
 
@@ -193,8 +193,8 @@ def test_shipped_model_flags_the_issue_ct_slice():
     """Issue 17, item 12: Testing/notumor/Te-no_0010.jpg was "Confident notumor"; now outside intended use."""
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     root = require_real_data()
     predictor = Predictor(load_bundle(require_shipped_weights()), torch.device("cpu"))

@@ -6,10 +6,10 @@ import json
 import numpy as np
 from PIL import Image
 
-from core.audit import audit_splits, main as audit_main, near_pairs
-from core.dataset import class_names_of, index_tree
+from core.evaluation.data_audit import audit_splits, main as audit_main, near_pairs
+from core.data.dataset import class_names_of, index_tree
 from core.preprocess import PreprocessSpec
-from core.synthetic import fake_scan
+from core.data.synthetic import fake_scan
 
 
 def _tree(root, rng):

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data_spec import DataSpec, DataSpecError, SourceSpec
+from core.data.spec import DataSpec, DataSpecError, SourceSpec
 from core.preprocess import PreprocessSpec
-from core.sources import index_sources
-from core.splits import split_sources
+from core.data.sources import index_sources
+from core.data.splits import split_sources
 from tests.conftest import REPO
 
 SHIPPED_SPEC = REPO / "data_specs" / "multisource.json"
@@ -143,8 +143,8 @@ def test_volumes_are_read_by_their_affine_not_their_axis_order(tmp_path, rng):
     """The same anatomy stored as (L, P, S) and as (P, S, R) gives the same axial slices."""
     import nibabel as nib
 
-    from core.synthetic import fake_volume
-    from core.volumes import brain_slices, load_volume, tumour_areas_mm2
+    from core.data.synthetic import fake_volume
+    from core.io.volumes import brain_slices, load_volume, tumour_areas_mm2
 
     vol, labels = fake_volume(rng, (40, 44, 30), tumour=True)  # axes: x=L, y=P, z=S as stored
     lps = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -167,7 +167,7 @@ def test_volumes_are_read_by_their_affine_not_their_axis_order(tmp_path, rng):
 
 def test_a_broken_volume_is_a_clear_error(tmp_path):
     from core.errors import ImageLoadError
-    from core.volumes import load_volume
+    from core.io.volumes import load_volume
 
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
@@ -183,7 +183,7 @@ def test_shipped_model_split_keeps_every_patient_in_one_part():
     card = json.loads((REPO / "weights" / "model_card.json").read_text())
     if not (card.get("data") or {}).get("spec"):
         pytest.skip("the shipped card records no data spec")
-    from core.splits import split_of_model
+    from core.data.splits import split_of_model
 
     _, _, split = split_of_model(card, SHARED)
     cases = defaultdict(set)

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.image_io import decode_image
+from core.io.image import decode_image
 from core.preprocess import PreprocessSpec, preprocess
 
 
@@ -80,14 +80,14 @@ def test_extension_does_not_matter(tmp_path, scan16):
 
 
 def _display(path):
-    from core.image_io import decode_bytes
+    from core.io.image import decode_bytes
 
     with open(path, "rb") as f:
         return decode_bytes(f.read(), "x.dcm", with_display=True).display
 
 
 def test_display_window_defaults_to_what_the_model_sees(tmp_path, scan16):
-    from core.dicom_io import apply_display_window
+    from core.io.dicom import apply_display_window
 
     path = make_dicom(tmp_path / "w.dcm", scan16, RescaleSlope="2", RescaleIntercept="-100",
                       WindowCenter="1500", WindowWidth="2000")
@@ -105,7 +105,7 @@ def test_display_window_defaults_to_what_the_model_sees(tmp_path, scan16):
 
 
 def test_display_window_without_a_stored_window_monochrome1_and_sigmoid(tmp_path, scan16):
-    from core.dicom_io import apply_display_window
+    from core.io.dicom import apply_display_window
 
     disp = _display(make_dicom(tmp_path / "n.dcm", scan16))
     assert disp.file_window is None and disp.default_window == disp.full_range_window
@@ -129,7 +129,7 @@ def test_voi_lut_table_is_applied_for_the_model_and_starts_the_display_window(tm
     from pydicom.dataset import Dataset as Item
     from pydicom.sequence import Sequence
 
-    from core.dicom_io import apply_display_window
+    from core.io.dicom import apply_display_window
 
     lut = Item()
     lut.add_new(0x00283002, "US", [2001, 1000, 16])  # LUT Descriptor: entries, first input mapped, bits

@@ -55,7 +55,7 @@ def app_files(tiny_bundle_dir, tmp_path_factory):
     for c in CLASSES:
         (many / c).mkdir(parents=True)
     rng = np.random.default_rng(11)
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     for i in range(MANY):
         Image.fromarray(fake_scan(rng, 320, i % 4)).save(many / CLASSES[i % 4] / f"s{i:04d}.png", compress_level=1)
@@ -161,7 +161,7 @@ def image_rgb(pg, img) -> np.ndarray:
 
 
 def test_every_page_renders(page, server, tiny_bundle_dir):
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     bundle = load_bundle(tiny_bundle_dir)
     open_page(page, server + "/", "Single scan")
@@ -241,7 +241,7 @@ def test_upload_gives_prediction_and_heatmap(page, server, app_files):
     predicted = value.split(" ")[0]
     with page.expect_download() as dl:
         page.get_by_role("button", name="Overlay PNG").click()
-    from core.cam import CAM_METHODS
+    from core.explain.cam import CAM_METHODS
     from ui.results import overlay_file_name
 
     assert dl.value.suggested_filename in {overlay_file_name("upload", predicted, m) for m in CAM_METHODS}

@@ -102,8 +102,8 @@ def test_sign_in_search_review_send(page, app, orthanc, tmp_path):
     import highdicom as hd
     import pydicom
 
-    from core.pacs import PacsConfig, retrieve_series, search_series, search_studies
-    from core.results_sr import read_sr
+    from core.pacs.client import PacsConfig, retrieve_series, search_series, search_studies
+    from core.report.sr import read_sr
 
     url, app_env = app
     open_page(page, url + "/pacs", "PACS")

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from core.cam import CAM_METHODS, cam_maps, compute_cams
-from core.checkpoint import load_bundle
-from core.predictor import Predictor
+from core.explain.cam import CAM_METHODS, cam_maps, compute_cams
+from core.model.checkpoint import load_bundle
+from core.inference.predictor import Predictor
 from core.preprocess import preprocess
-from core.quantize import CALIBRATION_FILE, calibrate, int8_supported, load_calibration, save_calibration
+from core.model.int8 import CALIBRATION_FILE, calibrate, int8_supported, load_calibration, save_calibration
 
 
 @pytest.fixture(scope="module")
 def items(tiny_predictor):
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(7)
     return [preprocess(fake_scan(rng, int(rng.integers(96, 220)), k % 4), tiny_predictor.spec) for k in range(6)]
@@ -44,8 +44,8 @@ def test_batched_cams_equal_one_at_a_time(tiny_predictor, items):
 
 
 def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_path):
-    from core.pipeline import stream
-    from core.synthetic import fake_scan
+    from core.inference.pipeline import stream
+    from core.data.synthetic import fake_scan
 
     rng = np.random.default_rng(3)
     files = []
@@ -101,7 +101,7 @@ def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
 
 
 def test_precision_overrides(tiny_bundle_dir, items):
-    from core.predictor import cpu_has_native_bf16
+    from core.inference.predictor import cpu_has_native_bf16
 
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int4")

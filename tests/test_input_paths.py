@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from core.errors import ImageLoadError
-from core.image_io import DecodedImage, ReducedJpeg, decode_bytes, decode_jpeg_reduced, DEFAULT_LIMITS, DecodeLimits
-from core.ood import COLOUR_LIMIT
+from core.io.image import DecodedImage, ReducedJpeg, decode_bytes, decode_jpeg_reduced, DEFAULT_LIMITS, DecodeLimits
+from core.inference.ood import COLOUR_LIMIT
 from core.preprocess import (PreprocessSpec, decode_for, hist8, otsu_threshold, preprocess_decoded,
                              window_from_hist, _intensity_window)
-from core.synthetic import fake_scan
+from core.data.synthetic import fake_scan
 from tests.conftest import require_real_data, require_shipped_weights
 from tools.input_path_equivalence import box_iou
 
@@ -179,7 +179,7 @@ def test_fast_search_falls_back_like_the_current_one():
 
 
 def test_pipeline_takes_the_reduced_decode_unless_pixels_are_kept(tmp_path):
-    from core.pipeline import load_file
+    from core.inference.pipeline import load_file
 
     data = _synthetic_slices(1, seed=9)[0]
     p = tmp_path / "s.jpg"
@@ -268,8 +268,8 @@ def test_real_slices_fast_cpu_box_and_tensor_box():
 
 
 def test_real_slices_tensor_path_predicts_as_the_cpu_definition():
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     weights = require_shipped_weights()
     files = _real_files(32)

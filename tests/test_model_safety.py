@@ -11,8 +11,8 @@ import struct
 import pytest
 import torch
 
-from core.batch import main as batch_main
-from core.checkpoint import CARD_FILE, WEIGHTS_FILE, load_bundle, sha256_file
+from core.review.folder import main as batch_main
+from core.model.checkpoint import CARD_FILE, WEIGHTS_FILE, load_bundle, sha256_file
 from core.errors import CheckpointError
 from tests.conftest import REPO
 
@@ -52,7 +52,7 @@ def test_weights_file_is_safetensors_and_matches_the_card(bundle_copy):
 
 def test_no_code_path_unpickles_weights():
     """No module of the engine or the app calls pickle-based loaders (``torch.load`` only with weights_only=True,
-    which reads tensors and refuses code: the offline ImageNet weights of ``core.pretrained``)."""
+    which reads tensors and refuses code: the offline ImageNet weights of ``core.model.pretrained``)."""
     pattern = re.compile(r"\btorch\.load\s*\((?![^)]*weights_only\s*=\s*True)|\bpickle\.loads?\s*\(|\bjoblib\.load\s*\(|weights_only\s*=\s*False"
                          r"|\bdill\.load|\bcloudpickle\.load")
     sources = [*REPO.glob("core/*.py"), *REPO.glob("ui/*.py"), *REPO.glob("pages/*.py"), *REPO.glob("*.py")]

@@ -1,4 +1,4 @@
-"""One pipeline: every consumer predicts through ``core.pipeline.stream``, and they all agree."""
+"""One pipeline: every consumer predicts through ``core.inference.pipeline.stream``, and they all agree."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-import core.pipeline as pipeline
+import core.inference.pipeline as pipeline
 from core.preprocess import preprocess
 from app_support import make_labelled_folder
 
@@ -21,7 +21,7 @@ def labelled(tmp_path):
 
 @pytest.fixture
 def spy(monkeypatch, tiny_predictor):
-    """Counts the files each :func:`core.pipeline.predict_batch` call predicts, and fails any forward pass made
+    """Counts the files each :func:`core.inference.pipeline.predict_batch` call predicts, and fails any forward pass made
     outside it (a second, duplicated loop)."""
     seen = {"files": 0, "calls": 0}
     inside = threading.local()
@@ -37,7 +37,7 @@ def spy(monkeypatch, tiny_predictor):
             inside.on = False
 
     def guarded(self, items, batch=None):
-        assert getattr(inside, "on", False), "a forward pass outside core.pipeline.predict_batch"
+        assert getattr(inside, "on", False), "a forward pass outside core.inference.pipeline.predict_batch"
         return real_predict(self, items, batch)
 
     monkeypatch.setattr(pipeline, "predict_batch", counting)
@@ -50,8 +50,8 @@ def _readable(root) -> int:
 
 
 def test_every_consumer_goes_through_the_one_stream(labelled, tiny_predictor, spy, tmp_path):
-    from core.batch import run_batch
-    from core.evaluate import run_labelled
+    from core.review.folder import run_batch
+    from core.evaluation.evaluate import run_labelled
     from tools.shift_eval import evaluate_shifts
     from ui.batch_job import BatchJob
 
@@ -70,8 +70,8 @@ def test_every_consumer_goes_through_the_one_stream(labelled, tiny_predictor, sp
 def test_consumers_agree_with_the_serial_path(labelled, tiny_predictor, tmp_path):
     """The rows of the CSV writer, the metrics accumulator, the stress test's unchanged row and the worker
     pipeline all equal a plain one-file-at-a-time prediction."""
-    from core.batch import run_batch
-    from core.evaluate import run_labelled
+    from core.review.folder import run_batch
+    from core.evaluation.evaluate import run_labelled
     from tools.shift_eval import evaluate_shifts
 
     files = sorted(p for p in labelled.rglob("*") if p.is_file())
@@ -143,7 +143,7 @@ def test_cancel_stops_reading_and_memory_stays_bounded(labelled, tiny_predictor)
 
 
 def test_a_list_file_is_a_source_and_resume_skips_what_is_done(labelled, tiny_predictor, tmp_path):
-    from core.batch import main, run_batch
+    from core.review.folder import main, run_batch
 
     listed = sorted(p.relative_to(labelled).as_posix() for p in labelled.rglob("*.png"))
     lst = labelled / "files.txt"
@@ -166,7 +166,7 @@ def test_core_imports_and_explains_without_ray(monkeypatch):
     """``--engine ray`` without Ray installed is a clear message, not a traceback."""
     import builtins
 
-    import core.ray_engine as ray_engine
+    import core.review.ray_engine as ray_engine
 
     real_import = builtins.__import__
 

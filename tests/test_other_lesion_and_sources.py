@@ -10,9 +10,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, all_text, make_app_env, other_lesion_bundle, scan_png
-from core.metrics import class_recall_as, detection_metrics
-from core.source_eval import pointing_hit
-from core.targets import TARGETS, evaluate_targets
+from core.evaluation.metrics import class_recall_as, detection_metrics
+from core.evaluation.source_eval import pointing_hit
+from core.evaluation.targets import TARGETS, evaluate_targets
 
 NAMES = ["glioma", "meningioma", "notumor", "other_lesion", "pituitary"]
 
@@ -44,7 +44,7 @@ def test_detection_metrics_known_answers():
     other = class_recall_as(labels, probs, NAMES, "other_lesion", ["notumor"])
     assert other["n"] == 2 and other["count"] == 1 and other["rate"] == 0.5
     # volumes: sensitivity on slices with enough tumour
-    from core.metrics import per_class_by_sequence
+    from core.evaluation.metrics import per_class_by_sequence
 
     pcs = per_class_by_sequence(labels, probs, NAMES, seqs)
     assert set(pcs) == {"T1", "T1C+", "T2/FLAIR"}
@@ -85,7 +85,7 @@ def test_targets_read_the_metrics_and_say_not_measured_when_absent():
 
 
 def test_the_44_class_targets_read_the_merged_views():
-    from core.targets import FINE_TARGETS
+    from core.evaluation.targets import FINE_TARGETS
 
     metrics = {"sets": {"feltrin_test": {"part": "test", "macro_f1": 0.88, "collapsed": {
         "type": {"accuracy": 0.95}, "sequence": {"accuracy": 0.96}}}}}
@@ -100,10 +100,10 @@ def test_other_lesion_reaches_the_batch_csv(tiny_bundle_dir, tmp_path, rng):
     import torch
     from PIL import Image
 
-    from core.batch import run_batch
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
-    from core.synthetic import fake_scan
+    from core.review.folder import run_batch
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
+    from core.data.synthetic import fake_scan
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""core.pacs and core.results_sr against a REAL Orthanc (Debian packages), started by the tests.
+"""core.pacs.client and core.report.sr against a REAL Orthanc (Debian packages), started by the tests.
 
 Skipped, with the reason, when Orthanc or its DICOMweb plugin is not installed (``.ci/run`` installs both).
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.pacs import PacsConfig, PacsError, retrieve_series, search_series, search_studies, store
-from core.results_sr import NOTICE, ModelIdentity, ReportedResult, SeriesFinding, build_overlay_sc, build_sr, read_sr
+from core.pacs.client import PacsConfig, PacsError, retrieve_series, search_series, search_studies, store
+from core.report.sr import NOTICE, ModelIdentity, ReportedResult, SeriesFinding, build_overlay_sc, build_sr, read_sr
 from tests.orthanc_support import CuttingProxy, OrthancServer, missing_reason, mr_series, to_bytes
 
 # Tests that need the real server skip with the reason; the others (config, stall) always run.
@@ -333,7 +333,7 @@ def test_config_from_app_config_hides_secrets(tmp_path):
 def test_bearer_token_is_sent_by_the_auth_hook_not_the_session_headers():
     import requests
 
-    from core.pacs import _client
+    from core.pacs.client import _client
 
     cfg = PacsConfig(url="http://pacs.example.org", token="tok-secret-1")
     session = _client(cfg)._session
@@ -346,7 +346,7 @@ def test_bearer_token_is_sent_by_the_auth_hook_not_the_session_headers():
 
 
 def test_build_results_sr_then_one_capture_series_per_result():
-    from core.results_sr import build_results
+    from core.report.sr import build_results
 
     series = mr_series(n_slices=3)
     rgb = np.zeros((32, 48, 3), np.uint8)

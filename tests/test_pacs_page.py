@@ -113,9 +113,9 @@ def test_signed_in_search_review_send_and_audit(orthanc, tiny_bundle_dir, tmp_pa
     import highdicom as hd
     import pydicom
 
-    from core.pacs import PacsConfig, retrieve_series, search_series
-    from core.pacs_workflow import study_key
-    from core.results_sr import read_sr
+    from core.pacs.client import PacsConfig, retrieve_series, search_series
+    from core.pacs.workflow import study_key
+    from core.report.sr import read_sr
 
     env = make_app_env(tmp_path, tiny_bundle_dir, monkeypatch)
     cfg = write_auth_config(tmp_path / "auth.yaml")

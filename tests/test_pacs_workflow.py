@@ -1,4 +1,4 @@
-"""core.pacs_workflow (retrieve -> review -> build -> send) against a REAL Orthanc, the Encapsulated PDF writer and
+"""core.pacs.workflow (retrieve -> review -> build -> send) against a REAL Orthanc, the Encapsulated PDF writer and
 the audit trail's PACS events (including a trail written before they existed)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from core import pacs_workflow as wf
-from core.pacs import PacsConfig, PacsError, search_series
-from core.results_sr import ModelIdentity, build_encapsulated_pdf, read_sr
+from core.pacs import workflow as wf
+from core.pacs.client import PacsConfig, PacsError, search_series
+from core.report.sr import ModelIdentity, build_encapsulated_pdf, read_sr
 from tests.orthanc_support import OrthancServer, missing_reason, mr_series, to_bytes
 
 needs_orthanc = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
@@ -98,7 +98,7 @@ def test_encapsulated_pdf_carries_the_filing_attributes_only():
 
 
 def test_audit_trail_pacs_events_and_an_old_trail_still_opens(tmp_path):
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     old = tmp_path / "old.sqlite3"
     con = sqlite3.connect(old)  # a trail from before model_version, feedback and PACS events
@@ -133,7 +133,7 @@ def test_audit_trail_pacs_events_and_an_old_trail_still_opens(tmp_path):
 def test_debug_logs_of_a_search_hold_no_patient_id(orthanc, caplog):
     import logging
 
-    from core.pacs import search_studies
+    from core.pacs.client import search_studies
 
     caplog.set_level(logging.DEBUG)  # the HTTP stack logs every URL at DEBUG
     search_studies(_cfg(orthanc), patient_id="LOG-SECRET-42", modality="MR")

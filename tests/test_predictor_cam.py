@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.cam import CAM_METHODS, compute_cams, overlay
-from core.device import select_device
+from core.explain.cam import CAM_METHODS, compute_cams, overlay
+from core.model.device import select_device
 from core.preprocess import preprocess
 
 
@@ -32,7 +32,7 @@ def test_predict_probabilities(tiny_predictor, scan_u8):
 
 
 def test_batched_equals_single(tiny_predictor, rng):
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     items = [preprocess(fake_scan(rng, 200, k % 4), tiny_predictor.spec) for k in range(6)]
     batched = tiny_predictor.predict_preprocessed(items)
@@ -44,9 +44,9 @@ def test_batched_equals_single(tiny_predictor, rng):
 
 
 def test_hflip_tta_averages_a_slice_with_its_mirror(tiny_bundle_dir, rng):
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
-    from core.synthetic import fake_scan
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
+    from core.data.synthetic import fake_scan
 
     bundle = load_bundle(tiny_bundle_dir)
     single = Predictor(bundle, torch.device("cpu"), "fp32", tta="none")
@@ -66,7 +66,7 @@ def test_hflip_tta_averages_a_slice_with_its_mirror(tiny_bundle_dir, rng):
 
 
 def test_blank_and_colour_images_are_outside_intended_use(tiny_predictor, rng):
-    from core.synthetic import non_mri_image
+    from core.data.synthetic import non_mri_image
 
     blank, _ = tiny_predictor.predict(np.zeros((128, 128), np.uint8))
     assert blank.ood and "blank" in blank.ood_reason
@@ -130,9 +130,9 @@ def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
 def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_head(tiny_predictor, rng):
     """A weak class's map is not stretched to full colour: it is scaled by its raw strength against the
     predicted class's map, and zeroed outside the head."""
-    from core.cam import on_reading_scale
+    from core.explain.cam import on_reading_scale
     from core.preprocess import head_mask
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     img = np.zeros((240, 240), np.uint8)
     img[20:220, 30:210] = fake_scan(rng, 200, 1)[:, 10:190]  # a head with a wide black border
@@ -157,11 +157,11 @@ def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_
 
 def test_overlay_is_drawn_over_the_image_as_analysed(tiny_predictor):
     """A 12-bit slice in a 16-bit container: the overlay's grey is the preprocessing's window, not near black."""
-    from core.display import analysed_window, grey_display
-    from core.dicom_io import apply_display_window
-    from core.image_io import array_to_grey
+    from core.io.display import analysed_window, grey_display
+    from core.io.dicom import apply_display_window
+    from core.io.image import array_to_grey
     from core.preprocess import analysed_view, preprocess_decoded
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     decoded = array_to_grey(fake_scan(np.random.default_rng(2), 192, 1).astype(np.uint16) * 16, "PNG", "I;16")
     pre = preprocess_decoded(decoded, tiny_predictor.spec)

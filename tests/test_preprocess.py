@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.image_io import decode_image
+from core.io.image import decode_image
 from core.preprocess import PreprocessSpec, map_to_original, preprocess
 
 SPEC = PreprocessSpec(image_size=96, mean=0.25, std=0.25)
@@ -56,7 +56,7 @@ def test_path_input_and_jpeg(tmp_path, scan_u8):
 
 @pytest.mark.parametrize("shape", [(40, 40), (150, 300), (512, 512), (700, 450), (1920, 1080)])
 def test_any_size_gives_model_size(shape, rng):
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     img = np.array(Image.fromarray(fake_scan(rng, 256, 0)).resize(shape[::-1]))
     pre = preprocess(img, SPEC)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import PretrainedUnavailableError
-from core.model import build_model
-from core.pretrained import BN_EPS, STAGE_DEPTHS, load_imagenet_state, timm_key, weights_path
+from core.model.architectures import build_model
+from core.model.pretrained import BN_EPS, STAGE_DEPTHS, load_imagenet_state, timm_key, weights_path
 
 # (repeats, kernel, stride, expand ratio) of EfficientNet-Lite0's seven stages, as published.
 STAGES = [(1, 3, 1, 1), (2, 3, 2, 6), (2, 5, 2, 6), (3, 3, 2, 6), (3, 5, 1, 6), (4, 5, 2, 6), (1, 3, 1, 6)]
@@ -94,7 +94,7 @@ def test_pretrained_dry_run_trains_and_chooses_the_cam_method_and_layer_on_valid
                                                         for layer in ("last", "stride16")}
     assert card["architecture"]["cam_layer"] == explain["layer"] in {"last", "stride16"}
     assert f"{explain['method']}/{explain['layer']}" in explain["validation_pointing_game"]
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     model = load_bundle(out).model
     assert model.cam_layer is model.backbone[{"last": 10, "stride16": 6}[explain["layer"]]]

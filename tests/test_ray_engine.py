@@ -20,9 +20,9 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install -r requirements.txt)")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (ray[data])")
 
-from core.batch import csv_columns, local_engine, run_batch  # noqa: E402
-from core.ray_engine import REPO, RayEngine  # noqa: E402
-from core.synthetic import fake_scan  # noqa: E402
+from core.review.folder import csv_columns, local_engine, run_batch  # noqa: E402
+from core.review.ray_engine import REPO, RayEngine  # noqa: E402
+from core.data.synthetic import fake_scan  # noqa: E402
 from ray_support import free_port, ray_cluster, ray_env, shard_rows_as_csv_text  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -70,7 +70,7 @@ def folder(tmp_path_factory):
 
 def test_ray_rows_equal_local_rows_and_only_the_driver_audits(local_ray, folder, tiny_predictor, tiny_bundle_dir,
                                                               tmp_path):
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     local = list(run_batch(tiny_predictor, folder, tmp_path / "local.csv", chunk_size=8))
     audit = AuditTrail(tmp_path / "audit.sqlite3")

@@ -13,7 +13,7 @@ def test_readme_model_and_bench_blocks_match_the_shipped_files():
 def test_rendered_block_reports_every_target_per_source_and_the_commands():
     import json
 
-    from core.targets import TARGETS
+    from core.evaluation.targets import TARGETS
 
     text = readme_sections.render_model_results()
     for target in TARGETS:
@@ -31,7 +31,7 @@ def test_shift_report_is_for_the_shipped_model():
 
     report = json.loads(readme_sections.SHIFT_REPORT.read_text())
     card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
-    from core.checkpoint import model_identity
+    from core.model.checkpoint import model_identity
 
     # Weights, version and test-time augmentation: a re-fit (train.py --epochs 0) keeps the weights' SHA-256.
     assert report["model"] == model_identity(card), "re-run `python -m tools.shift_eval`"

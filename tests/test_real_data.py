@@ -12,15 +12,15 @@ from tests.conftest import require_real_data, require_shipped_weights
 
 @pytest.fixture(scope="module")
 def shipped_predictor():
-    from core.checkpoint import load_bundle
-    from core.predictor import Predictor
+    from core.model.checkpoint import load_bundle
+    from core.inference.predictor import Predictor
 
     return Predictor(load_bundle(require_shipped_weights()), torch.device("cpu"))
 
 
 def test_shipped_weights_accuracy_on_a_testing_sample(shipped_predictor):
     root = require_real_data() / "Testing"
-    from core.dataset import list_labelled_files
+    from core.data.dataset import list_labelled_files
     from core.preprocess import preprocess
 
     files = list_labelled_files(root, shipped_predictor.class_names)
@@ -41,7 +41,7 @@ def test_shipped_weights_accuracy_on_a_testing_sample(shipped_predictor):
 
 
 def test_shipped_weights_flag_non_mri_images(shipped_predictor):
-    from core.synthetic import non_mri_image
+    from core.data.synthetic import non_mri_image
 
     rng = np.random.default_rng(7)
     for kind in ("noise", "photo", "chart", "document", "blank"):

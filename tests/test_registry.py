@@ -1,4 +1,4 @@
-"""The model registry (core.registry) and the dashboard's model picker."""
+"""The model registry (core.model.registry) and the dashboard's model picker."""
 from __future__ import annotations
 
 import shutil
@@ -22,8 +22,8 @@ def registry(tiny_bundle_dir, tmp_path_factory):
 
 
 def test_models_are_found_from_their_cards(registry):
-    from core.checkpoint import load_bundle
-    from core.registry import find_model, list_models
+    from core.model.checkpoint import load_bundle
+    from core.model.registry import find_model, list_models
 
     models = list_models(registry)
     assert [m.default for m in models] == [True, False]
@@ -52,8 +52,8 @@ def test_picker_switches_every_page_to_the_chosen_model(registry, tmp_path, monk
     assert "Top 5 of 9 classes" in text and "Implied type" in text and "sequence" in text
     assert at.metric[0].value.split(" (")[0] in {f"{t} {q}" for t in ("Astrocitoma", "Meningioma", "_NORMAL")
                                                  for q in ("T1", "T1C+", "T2")}
-    from core.audit_trail import AuditTrail
-    from core.checkpoint import load_bundle
+    from core.review.audit_trail import AuditTrail
+    from core.model.checkpoint import load_bundle
 
     logged = {r["model_sha256"] for r in AuditTrail(env.audit_path).recent(10)}
     assert logged == {load_bundle(registry).sha256, load_bundle(registry / "typeseq").sha256}
@@ -67,7 +67,8 @@ def test_picker_switches_every_page_to_the_chosen_model(registry, tmp_path, monk
 
 def test_cli_picks_a_model_by_name(registry, tmp_path, capsys):
     from app_support import make_labelled_folder
-    from core import batch, evaluate
+    from core.review import folder as batch
+    from core.evaluation import evaluate
 
     folder = make_labelled_folder(tmp_path / "set", per_class=1, corrupt=False)
     out = tmp_path / "rows.csv"

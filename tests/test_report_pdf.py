@@ -1,4 +1,4 @@
-"""core.report_pdf: the three PDF reports hold the result, model identity, per-source figures and the notice."""
+"""core.report.pdf: the three PDF reports hold the result, model identity, per-source figures and the notice."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.report_pdf import KeyImage, batch_pdf, per_source_rows, single_scan_pdf, study_pdf
-from core.results_sr import ModelIdentity, SeriesFinding
+from core.report.pdf import KeyImage, batch_pdf, per_source_rows, single_scan_pdf, study_pdf
+from core.report.sr import ModelIdentity, SeriesFinding
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = ModelIdentity("brain-mri-slice-classifier", "2.0.0", "f66abe6a" + "0" * 56, "hflip")
@@ -81,9 +81,9 @@ def test_many_key_images_flow_onto_more_pages_with_the_notice_on_each(n):
 
 
 def test_batch_pdf_counts_the_flags_of_real_batch_rows(tiny_predictor, tmp_path):
-    """Rows as the batch review makes them (``core.batch``: the flag column is ``ood``, booleans)."""
+    """Rows as the batch review makes them (``core.review.folder``: the flag column is ``ood``, booleans)."""
     from app_support import make_labelled_folder, photo_png
-    from core.batch import run_batch
+    from core.review.folder import run_batch
 
     folder = make_labelled_folder(tmp_path / "set", per_class=1)
     (folder / "notumor" / "holiday.png").write_bytes(photo_png())

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from core.series import read_series
-from core.study import SeriesRule, longest_run, review_series, slice_cam, summarise
+from core.io.series import read_series
+from core.inference.study import SeriesRule, longest_run, review_series, slice_cam, summarise
 from tests.study_support import (SECRETS, dicom_series, display_slices, enhanced_mr, localiser, nifti_bytes,
                                  synthetic_brain, zip_bytes)
 
@@ -232,11 +232,11 @@ def test_real_brats_volume_with_the_shipped_model_matches_the_record():
     from pathlib import Path
 
     from conftest import require_shipped_weights
-    from core.checkpoint import load_bundle
-    from core.device import select_device
-    from core.predictor import Predictor
-    from core.series import read_paths
-    from core.study import RULE_FILE, load_rule, rule_model_sha256
+    from core.model.checkpoint import load_bundle
+    from core.model.device import select_device
+    from core.inference.predictor import Predictor
+    from core.io.series import read_paths
+    from core.inference.study import RULE_FILE, load_rule, rule_model_sha256
 
     case = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "brats2013" / "brats2013_pat0005_1"
     if not (case / "flair.nii.gz").is_file():
@@ -258,7 +258,7 @@ def test_real_brats_volume_with_the_shipped_model_matches_the_record():
 
 
 def test_slice_cams_keep_maps_and_compute_the_neighbours_ahead(tiny_predictor):
-    from core.study_cams import SliceCams
+    from core.explain.study_cams import SliceCams
 
     s = _only(read_series(dicom_series(_dicom_volume()[1])))
     r = review_series(tiny_predictor, s, SeriesRule(2, 0.5), chunk=8)

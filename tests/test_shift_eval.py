@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.evaluate import run_labelled
-from core.synthetic import fake_scan
+from core.evaluation.evaluate import run_labelled
+from core.data.synthetic import fake_scan
 from tools import shift_eval
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -50,7 +50,7 @@ def test_cli_writes_a_report_and_refuses_unknown_shifts(labelled, tiny_bundle_di
     assert shift_eval.main(args + ["--shifts", "none,blur", "--limit", "6"]) == 0
     report = json.loads(out.read_text())
     assert set(report["shifts"]) == {"none", "blur"} and report["shifts"]["blur"]["n"] <= 6
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     assert report["model"] == load_bundle(tiny_bundle_dir).identity  # weights, version and TTA
     assert shift_eval.main(args + ["--shifts", "sharpen"]) == 2

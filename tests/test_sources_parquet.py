@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from app_support import make_labelled_folder
-from core.batch import csv_columns, main, run_batch
+from core.review.folder import csv_columns, main, run_batch
 from ray_support import REPO, shard_rows_as_csv_text
 
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")
@@ -61,7 +61,7 @@ def test_a_list_of_paths_and_uris_reviews_each_and_bad_uris_become_error_rows(la
 
 
 def test_shards_split_continue_on_resume_and_refuse_other_columns(tmp_path):
-    from core.shards import ParquetShards
+    from core.review.shards import ParquetShards
 
     cols = csv_columns(["a", "b"])
     rows = [dict.fromkeys(cols, "") | {"path": f"f{i}.png", "p_a": i / 10, "ood": i % 2 == 0} for i in range(7)]
@@ -86,9 +86,9 @@ def test_resume_after_a_killed_driver_catches_the_shards_up_from_the_csv(labelle
     # A driver that dies (os._exit: no finally, no buffered shard written) after handing out 6 rows.
     script = textwrap.dedent(f"""
         import os, torch
-        from core.batch import run_batch
-        from core.checkpoint import load_bundle
-        from core.predictor import Predictor
+        from core.review.folder import run_batch
+        from core.model.checkpoint import load_bundle
+        from core.inference.predictor import Predictor
         p = Predictor(load_bundle({str(tiny_bundle_dir)!r}), torch.device("cpu"))
         for n, _ in enumerate(run_batch(p, {str(labelled)!r}, {str(out)!r}, chunk_size=3,
                                         parquet_dir={str(shards)!r}), start=1):
@@ -108,7 +108,7 @@ def test_resume_after_a_killed_driver_catches_the_shards_up_from_the_csv(labelle
 def test_without_pyarrow_the_shards_are_a_message(monkeypatch, tmp_path):
     import builtins
 
-    from core.shards import PYARROW_HINT, ParquetShards
+    from core.review.shards import PYARROW_HINT, ParquetShards
 
     real_import = builtins.__import__
 

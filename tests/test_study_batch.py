@@ -1,4 +1,4 @@
-"""Batch review of a folder of studies (``core.study_batch`` and ``python -m core.batch --studies``): a row per
+"""Batch review of a folder of studies (``core.review.studies`` and ``python -m core.batch --studies``): a row per
 series, a per-slice CSV, broken series as error rows, resume, Stop, the audit trail, and no patient tag out."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.series import read_series
-from core.study import predict_series, slice_inputs
-from core.study_batch import SERIES_COLUMNS, count_study_inputs, iter_study_inputs, run_studies, slice_columns
+from core.io.series import read_series
+from core.inference.study import predict_series, slice_inputs
+from core.review.studies import SERIES_COLUMNS, count_study_inputs, iter_study_inputs, run_studies, slice_columns
 from tests.study_support import (SECRETS, dicom_series, display_slices, enhanced_mr, nifti_bytes, synthetic_brain,
                                  zip_bytes)
 
@@ -49,7 +49,7 @@ def _read(path: Path) -> list[dict]:
 
 
 def test_folder_of_studies_gives_a_row_per_series_and_a_slice_csv(tiny_predictor, studies, tmp_path):
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     assert [i.path.relative_to(studies).as_posix() for i in iter_study_inputs(studies)] == [
         "p1/flair.nii.gz", "p2/dicom", "p3/study.zip", "p4", "p5/series", "p6/damaged.nii.gz"]
@@ -89,8 +89,8 @@ def test_folder_of_studies_gives_a_row_per_series_and_a_slice_csv(tiny_predictor
 
 
 def test_the_rows_are_what_the_study_page_shows(tiny_predictor, studies, tmp_path):
-    from core.series import read_paths
-    from core.study import load_rule, review_series
+    from core.io.series import read_paths
+    from core.inference.study import load_rule, review_series
 
     rows = list(run_studies(tiny_predictor, studies / "p1", tmp_path / "s.csv", chunk=8))
     review = review_series(tiny_predictor, read_paths([studies / "p1" / "flair.nii.gz"])[0].series, load_rule(),
@@ -124,14 +124,14 @@ def test_stop_then_resume_completes_without_duplicates(tiny_predictor, studies, 
 
 
 def test_outside_the_allowed_roots_is_refused(tiny_predictor, studies, tmp_path):
-    from core.files import PathNotAllowedError
+    from core.io.files import PathNotAllowedError
 
     with pytest.raises(PathNotAllowedError):
         list(run_studies(tiny_predictor, studies, allowed_roots=[tmp_path / "elsewhere"]))
 
 
 def test_cli_detects_a_folder_of_studies(tiny_bundle_dir, studies, tmp_path, capsys):
-    from core import batch
+    from core.review import folder as batch
 
     out = tmp_path / "cli.csv"
     assert count_study_inputs(studies) == 6
@@ -146,7 +146,7 @@ def test_cli_detects_a_folder_of_studies(tiny_bundle_dir, studies, tmp_path, cap
 
 
 def test_series_predictions_through_the_pipeline_match_a_direct_forward_pass(tiny_predictor):
-    """``core.study`` predicts through the one pipeline's stages; the probabilities and flags are those of a
+    """``core.inference.study`` predicts through the one pipeline's stages; the probabilities and flags are those of a
     plain forward pass over the same preprocessed slices, in padded batches of the same shape."""
     s = read_series(dicom_series(display_slices(synthetic_brain((64, 64, 20)))))[0].series
     chunk = 8
@@ -184,7 +184,7 @@ def _study_page_run(app_env, studies_src: Path, wait: bool = True):
 
 def test_batch_page_reviews_a_folder_of_studies(tiny_bundle_dir, studies, tmp_path, monkeypatch):
     from app_support import all_text, make_app_env
-    from core.audit_trail import AuditTrail
+    from core.review.audit_trail import AuditTrail
 
     env = make_app_env(tmp_path / "app", tiny_bundle_dir, monkeypatch)
     at = _study_page_run(env, studies)

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from core.calibration import fit_temperature, reliability, softmax
-from core.evaluate import main as evaluate_main
-from core.metrics import evaluate_predictions, missed_findings, no_finding_classes
+from core.inference.calibration import fit_temperature, reliability, softmax
+from core.evaluation.evaluate import main as evaluate_main
+from core.evaluation.metrics import evaluate_predictions, missed_findings, no_finding_classes
 from tests.conftest import REPO
 
 
@@ -48,7 +48,7 @@ def test_missing_training_folder_is_a_clear_error(tmp_path):
 def test_evaluate_command_on_a_labelled_folder(tmp_path, tiny_bundle_dir, rng):
     from PIL import Image
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     for k, name in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):
         (tmp_path / "lab" / name).mkdir(parents=True)
@@ -112,7 +112,7 @@ def test_class_count_comes_from_folder_names(tmp_path, rng):
     import train
     from PIL import Image
 
-    from core.synthetic import fake_scan
+    from core.data.synthetic import fake_scan
 
     names = [f"{t}_{s}" for t in ("glioma", "meningioma") for s in ("T1", "T1C+", "T2")]
     for split, n in (("Training", 6), ("Testing", 2)):
@@ -151,7 +151,7 @@ def test_init_from_continues_a_model_and_records_its_parent(tmp_path, tiny_bundl
 
 def test_init_from_at_another_size_fine_tunes_on_the_parents_split(tmp_path, tiny_bundle_dir):
     import train
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
     out = tmp_path / "bigger"
@@ -179,7 +179,7 @@ def test_init_from_at_another_size_fine_tunes_on_the_parents_split(tmp_path, tin
 
 def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weights(tmp_path, tiny_bundle_dir):
     import train
-    from core.checkpoint import load_bundle
+    from core.model.checkpoint import load_bundle
 
     parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
     out = tmp_path / "tta"
@@ -205,7 +205,7 @@ def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weigh
     # Validation scoring and calibration see the logits the predictor serves under the same TTA.
     import torch
 
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
     from core.preprocess import to_model_tensor
 
     bundle = load_bundle(out)
@@ -227,9 +227,9 @@ def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weigh
 def test_evaluation_predictions_are_audited(tmp_path, tiny_predictor, rng):
     from PIL import Image
 
-    from core.audit_trail import AuditTrail
-    from core.evaluate import run_labelled
-    from core.synthetic import fake_scan
+    from core.review.audit_trail import AuditTrail
+    from core.evaluation.evaluate import run_labelled
+    from core.data.synthetic import fake_scan
 
     (tmp_path / "lab" / "glioma").mkdir(parents=True)
     for i in range(3):
@@ -245,7 +245,7 @@ def test_gamma_range_reaches_the_augmentation(monkeypatch):
     import torch
 
     import train
-    from core.model import build_model
+    from core.model.architectures import build_model
     from core.preprocess import PreprocessSpec
 
     seen = []
@@ -270,7 +270,7 @@ def test_weight_averaging_keeps_the_weights_that_scored_best_on_validation():
     import torch
 
     import train
-    from core.model import build_model
+    from core.model.architectures import build_model
     from core.preprocess import PreprocessSpec
 
     gen = train.seed_everything(0)
@@ -341,7 +341,7 @@ def test_44_class_metrics_have_collapsed_type_and_sequence_views_with_intervals(
     """Classes named "<type> <sequence>": the evaluation adds exact merged views and Wilson intervals."""
     import numpy as np
 
-    from core.metrics import collapsed_view, evaluate_predictions, type_and_sequence
+    from core.evaluation.metrics import collapsed_view, evaluate_predictions, type_and_sequence
 
     names = [f"{t} {q}" for t in ("Astrocitoma", "Meningioma", "_NORMAL") for q in ("T1", "T1C+", "T2")]
     labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 3])

@@ -27,7 +27,7 @@ def _run(data: Path, weights: Path, cache: Path, out: Path) -> int:
 
 
 def test_rebuilds_the_validation_files_of_the_card(trained, tmp_path):
-    from core.dataset import class_names_of, fingerprint, index_tree
+    from core.data.dataset import class_names_of, fingerprint, index_tree
     from core.preprocess import PreprocessSpec
 
     data, weights, cache = trained

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.study import SeriesRule, decide, predict_series, summarise  # noqa: E402
+from core.inference.study import SeriesRule, decide, predict_series, summarise  # noqa: E402
 
 KS = list(range(1, 11))
 TS = [round(0.50 + 0.05 * i, 2) for i in range(10)]
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.device import select_device
-    from core.predictor import Predictor
-    from core.series import read_paths
+    from core.model.checkpoint import load_bundle
+    from core.model.device import select_device
+    from core.inference.predictor import Predictor
+    from core.io.series import read_paths
 
     torch.set_num_threads(2)
     data_root, spec = Path(args.data_root), json.loads(Path(args.spec).read_text())

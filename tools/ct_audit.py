@@ -1,5 +1,5 @@
-"""CT (non-MRI) slices in the Kaggle Brain Tumor MRI set, and how the CT gate (``core.ood.ct_gate``) and the
-shipped model treat them. Writes ``reports/kaggle_ct_audit.json``; ``core.audit`` reads its counts.
+"""CT (non-MRI) slices in the Kaggle Brain Tumor MRI set, and how the CT gate (``core.inference.ood.ct_gate``) and the
+shipped model treat them. Writes ``reports/kaggle_ct_audit.json``; ``core.evaluation.data_audit`` reads its counts.
 
     python -m tools.ct_audit --data-root ../shared/data              # re-measure (about 15 min on 2 CPU cores)
     python -m tools.ct_audit --data-root ../shared/data --sheets /tmp/ct_sheets   # + contact sheets to review
@@ -8,7 +8,7 @@ Which file is a CT slice is a human judgement: the ``labels`` of the report (pat
 ``brain-tumor-mri`` folder, CT or MRI, set by eye on contact sheets) are the input and are kept as they are;
 everything else in the report is measured again by this tool: the CT gate's five measures on every slice of
 every declared source (the same preprocessed head crop the model sees), the cut-offs the declared rule gives
-(and whether they are the ones ``core.ood.CT_RULE`` ships), what the gate flags per source, and what the shipped
+(and whether they are the ones ``core.inference.ood.CT_RULE`` ships), what the gate flags per source, and what the shipped
 model answers for each CT slice (class, confidence, Mahalanobis score against its threshold, final flag).
 
 Contact sheets go outside the repository only (images of the data set are never committed).
@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.audit import duplicate_groups
-    from core.data_spec import DataSpec
-    from core.ood import CT_REASON, CT_RULE, skull_ring
+    from core.evaluation.data_audit import duplicate_groups
+    from core.data.spec import DataSpec
+    from core.inference.ood import CT_REASON, CT_RULE, skull_ring
     from core.preprocess import PreprocessSpec
-    from core.sources import index_sources
+    from core.data.sources import index_sources
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {k: v for k, v in old.items() if k not in ("measured", "labels")}
     out["non_mri"] = {"CT": ct_summary, "other": sum(1 for v in labels.values() if v not in ("CT", "MRI"))}
     out["gate"] = {
-        "function": "core.ood.ct_gate (five measures: core.ood.skull_ring; rule: core.ood.CT_RULE)",
+        "function": "core.inference.ood.ct_gate (five measures: core.inference.ood.skull_ring; rule: core.inference.ood.CT_RULE)",
         "reason": CT_REASON,
         "rule_shipped": {k: list(v) for k, v in CT_RULE.items()},
         "rule_from_declared_choice": {k: list(v) for k, v in rule.items()},
@@ -238,8 +238,8 @@ def gate_under_shifts(root: Path, labels: dict[str, str]) -> dict:
     """The gate on every Testing file changed in each way ``tools.shift_eval`` changes them: CT slices still
     flagged, MRI slices newly flagged."""
     from core.errors import ImageLoadError
-    from core.image_io import decode_image
-    from core.ood import ct_gate
+    from core.io.image import decode_image
+    from core.inference.ood import ct_gate
     from core.preprocess import PreprocessSpec, preprocess
     from tools.shift_eval import SHIFTS
 
@@ -268,11 +268,11 @@ def measure_model(args, sources, images, group, labels, is_ct) -> dict:
     Mahalanobis score separates the CT slices from each source's MRI slices."""
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.device import select_device
-    from core.ood import CT_REASON
-    from core.predictor import Predictor
-    from core.sources import source_root
+    from core.model.checkpoint import load_bundle
+    from core.model.device import select_device
+    from core.inference.ood import CT_REASON
+    from core.inference.predictor import Predictor
+    from core.data.sources import source_root
 
     bundle = load_bundle(args.weights)
     pred = Predictor(bundle, select_device("auto"))

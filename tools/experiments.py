@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.checkpoint import kept_validation
+from core.model.checkpoint import kept_validation
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "reports" / "experiments.json"

@@ -2,7 +2,7 @@
 
 On the validation slices of every source of the model's multi-source split (rebuilt from its card and verified
 against the card's fingerprint, as ``tools.validation_split`` does), each slice goes through both paths exactly as
-the batch pipeline runs them (``core.pipeline.load_file``: read, ``decode_for``, ``preprocess_decoded``):
+the batch pipeline runs them (``core.inference.pipeline.load_file``: read, ``decode_for``, ``preprocess_decoded``):
 
 * reference: the card's ``input_spec`` (full decode, its own head search);
 * candidate: the same spec with ``head_search="gamma_hist"`` (a JPEG decoded at the size the crop needs, the
@@ -54,8 +54,8 @@ def _summary(ious: list[float], right_ref: list[bool], right_new: list[bool], sa
 
 def _items(split, data, root: Path, val: np.ndarray, limit: int | None):
     """(source name, label, loader) per validation record; a loader returns (reference input, fast input)."""
-    from core.image_io import DEFAULT_LIMITS, read_source_bytes
-    from core.sources import iter_volume_slices, source_root
+    from core.io.image import DEFAULT_LIMITS, read_source_bytes
+    from core.data.sources import iter_volume_slices, source_root
 
     by_source: dict[str, list[int]] = {}
     for i in val:
@@ -78,13 +78,13 @@ def _items(split, data, root: Path, val: np.ndarray, limit: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.checkpoint import kept_validation, load_bundle
-    from core.dataset import fingerprint
-    from core.device import select_device
+    from core.model.checkpoint import kept_validation, load_bundle
+    from core.data.dataset import fingerprint
+    from core.model.device import select_device
     from core.errors import CheckpointError, ImageLoadError
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
     from core.preprocess import decode_for, preprocess_decoded
-    from core.splits import split_of_model
+    from core.data.splits import split_of_model
     from train import trainable
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=".cache", help="train.py's cache of preprocessed images")
     p.add_argument("--out", default=str(REPO / "reports" / "input_path_equivalence.json"))
     p.add_argument("--limit", type=int, default=None, help="at most this many slices per source (smoke runs)")
-    p.add_argument("--device", default="cpu", help="device for the forward passes (core.device.select_device)")
+    p.add_argument("--device", default="cpu", help="device for the forward passes (core.model.device.select_device)")
     args = p.parse_args(argv)
 
     try:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for src, label, (kind, payload, name) in _items(split, data, root, val, args.limit):
         try:
-            if kind == "file":  # exactly what core.pipeline.load_file runs for each spec
+            if kind == "file":  # exactly what core.inference.pipeline.load_file runs for each spec
                 a = preprocess_decoded(decode_for(payload, name, ref_spec), ref_spec)
                 b = preprocess_decoded(decode_for(payload, name, fast_spec), fast_spec)
             else:

@@ -50,11 +50,11 @@ def load_pack(path: str | Path) -> tuple[dict, list[dict], np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.data_spec import DataSpec, DataSpecError
-    from core.dataset import fingerprint
+    from core.data.spec import DataSpec, DataSpecError
+    from core.data.dataset import fingerprint
     from core.preprocess import PreprocessSpec
-    from core.sources import index_sources
-    from core.splits import split_sources
+    from core.data.sources import index_sources
+    from core.data.splits import split_sources
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-spec", default=str(REPO / "data_specs" / "multisource.json"), help="data spec JSON")

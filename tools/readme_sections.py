@@ -2,7 +2,7 @@
 
 Four README blocks are generated, never typed:
   * ``model-results``: rendered from ``weights/model_card.json`` and ``weights/metrics.json``
-    (written by train.py after reloading the saved weights), the acceptance targets of ``core.targets``, and
+    (written by train.py after reloading the saved weights), the acceptance targets of ``core.evaluation.targets``, and
     the experiment reports in ``reports/`` (leave-one-source-out, pretrained vs from scratch);
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``, followed by
     ``bench/README_section_study.md`` (``python -m bench.study_section``, also run by ``python -m bench``) and
@@ -10,7 +10,7 @@ Four README blocks are generated, never typed:
     and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.pacs_section``);
   * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``);
   * ``fine-model``: the 44-class model, from ``weights/feltrin44/model_card.json`` and ``metrics.json`` and the
-    targets ``core.targets.FINE_TARGETS``.
+    targets ``core.evaluation.targets.FINE_TARGETS``.
 
     python -m tools.readme_sections            # rewrite the blocks in README.md
     python -m tools.readme_sections --check    # exit 1 if README.md differs (the tests call this)
@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 from app_config import AppConfig
-from core.cam import CAM_METHOD_NAMES
-from core.checkpoint import model_identity
-from core.metrics import pooled_missed_findings
-from core.targets import FINE_TARGETS, evaluate_targets
+from core.explain.cam import CAM_METHOD_NAMES
+from core.model.checkpoint import model_identity
+from core.evaluation.metrics import pooled_missed_findings
+from core.evaluation.targets import FINE_TARGETS, evaluate_targets
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -178,7 +178,7 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
     extra = {"card": card, "single_scan_p50_ms": single_scan_p50_ms(card),
              "shift_eval": shift if shift and shift.get("model") == model_identity(card) else None}
     rows = evaluate_targets(metrics, extra)
-    lines += ["", "**Targets** (`core.targets`; measured on the held-out parts, never on validation):", "",
+    lines += ["", "**Targets** (`core.evaluation.targets`; measured on the held-out parts, never on validation):", "",
               *_targets_table(rows)]
     lines += _experiments_paragraphs()
     threshold = AppConfig().uncertain_below
@@ -325,7 +325,7 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
                       f"rotation ±{aug['max_rotation_deg']:g}°, scale {aug['scale_range'][0]:g}–{aug['scale_range'][1]:g}, "
                       "left–right flips, resolution loss and noise"
                       + (f", plus {', '.join(extras)}" if extras else "")
-                      + " (`core/augment.py`, `train.py --augment`); rows beyond that are the ones to watch."]
+                      + " (`core/data/augment.py`, `train.py --augment`); rows beyond that are the ones to watch."]
     if report["model"] != shipped:
         lines += ["", f"**Stale:** these figures are for model `{report['model']['sha256'][:8]}…` version "
                       f"{report['model'].get('version')}, not the shipped `{shipped['sha256'][:8]}…` version "

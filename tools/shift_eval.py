@@ -2,7 +2,7 @@
 
 The model will meet scans of other sizes, contrasts and encodings than the Kaggle data. This
 stress test takes a labelled folder (default: the Testing split), changes every image in one
-controlled way at a time and re-runs the serving pipeline (``core.pipeline.stream``: decode -> shift ->
+controlled way at a time and re-runs the serving pipeline (``core.inference.pipeline.stream``: decode -> shift ->
 preprocess -> predictor):
 
     python -m tools.shift_eval                       # Testing split, writes reports/shift_eval.json
@@ -108,7 +108,7 @@ SHIFTS: dict[str, tuple[str, Shift]] = {
 
 
 class ShiftTransform:
-    """One shift as a :data:`core.pipeline.Transform`: picklable (the shift is looked up by name), and its
+    """One shift as a :data:`core.inference.pipeline.Transform`: picklable (the shift is looked up by name), and its
     random draws (noise, bias-field direction) seeded per image, so a result does not depend on which
     process or in which order the image was changed."""
 
@@ -125,16 +125,16 @@ def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, se
     """Accuracy, macro-F1, tumour sensitivity/specificity and the outside-intended-use rate of ``predictor``
     on ``root/<class>/*`` (or on ``files``, (relative path, label) pairs) per shift.
 
-    Each shift is one pass of the serving pipeline (:func:`core.pipeline.stream`) with the shift as its
+    Each shift is one pass of the serving pipeline (:func:`core.inference.pipeline.stream`) with the shift as its
     ``transform``: every image is decoded with the serving decoder, changed into an array or encoded bytes,
     and goes through the serving preprocessing and predictor, like an upload would. ``limit`` takes that many
     images evenly spaced over the class-sorted list, so every class is sampled in proportion (0: all).
     ``sequences`` (relative path -> MRI sequence) adds a ``by_sequence`` breakdown.
     """
-    from core.data_spec import SEQUENCE_FAMILIES
-    from core.dataset import list_labelled_files
-    from core.metrics import no_finding_classes
-    from core.pipeline import stream
+    from core.data.spec import SEQUENCE_FAMILIES
+    from core.data.dataset import list_labelled_files
+    from core.evaluation.metrics import no_finding_classes
+    from core.inference.pipeline import stream
 
     names = predictor.class_names
     root = Path(root)
@@ -179,8 +179,8 @@ def evaluate_shifts(predictor, root: Path, shifts: list[str], limit: int = 0, se
 
 def _source_files(bundle, source: str, part: str, data_root: str | None) -> tuple[Path, list, dict]:
     """The files of one folder source's part of the model's split (verified against its card)."""
-    from core.sources import source_root
-    from core.splits import split_of_model
+    from core.data.sources import source_root
+    from core.data.splits import split_of_model
 
     data, root, split = split_of_model(bundle.card, data_root)
     spec = data.source(source)
@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed for the random shifts (noise, bias field direction)")
     args = p.parse_args(argv)
 
-    from core.checkpoint import load_bundle
-    from core.device import select_device
+    from core.model.checkpoint import load_bundle
+    from core.model.device import select_device
     from core.errors import CheckpointError
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
     unknown = [s for s in shifts if s not in SHIFTS]

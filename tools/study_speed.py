@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from core.checkpoint import load_bundle
-    from core.device import select_device
-    from core.predictor import Predictor
-    from core.series import read_series
-    from core.study import load_rule, review_series, slice_cam
+    from core.model.checkpoint import load_bundle
+    from core.model.device import select_device
+    from core.inference.predictor import Predictor
+    from core.io.series import read_series
+    from core.inference.study import load_rule, review_series, slice_cam
 
     torch.set_num_threads(args.threads)
     if Path(args.volume).is_file():

@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.checkpoint import load_bundle
-    from core.dataset import fingerprint
+    from core.model.checkpoint import load_bundle
+    from core.data.dataset import fingerprint
     from core.errors import CheckpointError
-    from core.sources import source_root
-    from core.splits import split_of_model
+    from core.data.sources import source_root
+    from core.data.splits import split_of_model
     from train import trainable
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

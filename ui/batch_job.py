@@ -1,6 +1,6 @@
 """A batch review running as a background job owned by the user's session (no streamlit).
 
-:meth:`BatchJob.start` runs ``core.batch.run_batch`` (a generator) in a worker thread owned by
+:meth:`BatchJob.start` runs ``core.review.folder.run_batch`` (a generator) in a worker thread owned by
 the job. The thread keeps going while the user is on another page, reruns the script or changes
 a filter: the job object lives in the session state, and pages only read it (rows, progress) and
 call :meth:`BatchJob.cancel`. The worker never calls streamlit. It appends each finished row under
@@ -27,11 +27,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from core.audit_trail import AuditTrail
-from core.batch import MODEL_COLUMNS, Engine, csv_columns, run_batch
-from core.files import count_image_files
-from core.image_io import DEFAULT_LIMITS, DecodeLimits
-from core.predictor import Predictor
+from core.review.audit_trail import AuditTrail
+from core.review.folder import MODEL_COLUMNS, Engine, csv_columns, run_batch
+from core.io.files import count_image_files
+from core.io.image import DEFAULT_LIMITS, DecodeLimits
+from core.inference.predictor import Predictor
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
 DEFAULT_MAX_JOBS = 2  # app_config.AppConfig.max_batch_jobs
@@ -83,7 +83,7 @@ def neighbour(paths: Sequence[str], label: str, step: int = 1) -> str | None:
 
 @dataclass(eq=False)  # identity, not field equality: jobs are kept in a set
 class BatchJob:
-    """One batch run over ``root``; ``rows`` are ``core.batch`` result rows, appended by the worker thread.
+    """One batch run over ``root``; ``rows`` are ``core.review.folder`` result rows, appended by the worker thread.
 
     Read ``rows`` through :meth:`rows_snapshot` or :meth:`frame` (copies taken under the lock)."""
 
@@ -119,8 +119,8 @@ class BatchJob:
               engine_label: str = "") -> "BatchJob":
         """Count the files under ``root`` and start reviewing them in the background.
 
-        ``engine``: where the files are predicted (``core.batch.run_batch``'s; default the local engine, e.g. a
-        connected ``core.ray_engine.RayEngine``); rows, progress, Stop and the audit trail are the same.
+        ``engine``: where the files are predicted (``core.review.folder.run_batch``'s; default the local engine, e.g. a
+        connected ``core.review.ray_engine.RayEngine``); rows, progress, Stop and the audit trail are the same.
         Raises :class:`BatchLimitError` when ``max_jobs`` reviews already run in this process."""
         root = Path(root)
         job = cls(root=root, label=label, class_names=list(predictor.class_names),
@@ -319,7 +319,7 @@ class BatchJob:
 
 
 def rows_to_frame(rows: Iterable[dict], class_names: list[str]) -> pd.DataFrame:
-    """``core.batch`` rows (strings for empty cells) -> typed DataFrame with the CSV columns."""
+    """``core.review.folder`` rows (strings for empty cells) -> typed DataFrame with the CSV columns."""
     cols = csv_columns(class_names)
     df = pd.DataFrame(list(rows), columns=cols)
     num = ["confidence"] + [f"p_{c}" for c in class_names] + ["cam_peak_x", "cam_peak_y", "uncertain_below"]
@@ -366,7 +366,7 @@ def filter_frame(df: pd.DataFrame, *, classes: list[str] | None = None, confiden
 
 
 def export_csv(job: BatchJob, uncertain_below: float, paths: Sequence[str] | None = None) -> str:
-    """The results CSV of ``job`` (columns: ``core.batch.csv_columns``), read at call time, so heatmap peaks
+    """The results CSV of ``job`` (columns: ``core.review.folder.csv_columns``), read at call time, so heatmap peaks
     recorded by the gallery until now are in it; ``uncertain`` and ``uncertain_below`` follow the threshold
     given. ``paths``: only these rows, in the job's order (None: all)."""
     df = with_threshold(job.frame(), uncertain_below)
@@ -421,7 +421,7 @@ def list_subfolders(roots: Iterable[str | Path], depth: int = 2, limit: int = 30
 
     Bounded: at most ``depth`` levels and ``limit`` entries; symlinks leading outside a root are left out.
     """
-    from core.files import PathNotAllowedError, resolve_within
+    from core.io.files import PathNotAllowedError, resolve_within
 
     roots = [Path(r) for r in roots]
     out: list[str] = []

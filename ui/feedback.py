@@ -9,7 +9,7 @@ import re
 
 import streamlit as st
 
-from core.audit_trail import MAX_NOTE_CHARS, MAX_READER_CHARS, UNSURE, AuditTrail
+from core.review.audit_trail import MAX_NOTE_CHARS, MAX_READER_CHARS, UNSURE, AuditTrail
 
 VERDICT_LABELS = {"agree": ":material/thumb_up: Agree", "disagree": ":material/thumb_down: Disagree"}
 NO_IDENTIFIERS = ("Do not type patient identifiers (name, ID, date of birth, accession number, dates of the "
@@ -75,7 +75,7 @@ def feedback_form(audit: AuditTrail | None, *, key: str, file_sha256: str, model
                   predicted: str, class_names: list[str], prediction_id: int | None = None) -> dict | None:
     """Draw the reader-feedback form for one result and save what the reader submits to ``audit``.
 
-    Returns the stored feedback row (a dict of ``core.audit_trail.FEEDBACK_COLUMNS``: id, timestamp,
+    Returns the stored feedback row (a dict of ``core.review.audit_trail.FEEDBACK_COLUMNS``: id, timestamp,
     prediction_id, file_sha256, model_sha256, model_version, predicted, verdict, reader_class, note, reader) in
     the run that follows a successful *Save*, else ``None``. Widget keys start with
     ``form_key(key, file_sha256, model_sha256)``: ``_verdict`` (segmented control), ``_class`` (selectbox, shown

@@ -2,7 +2,7 @@
 
 Only a signed-in user (``ui.auth``) sees anything from the PACS. The search results show the patient name and id,
 since that is how a reader picks a study; everything after that (the study view, downloads, the audit trail)
-names the study by its Study Instance UID and the app's hashed key (``core.pacs_workflow.study_key``) only.
+names the study by its Study Instance UID and the app's hashed key (``core.pacs.workflow.study_key``) only.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import pacs_workflow as wf
-from core.pacs import PacsConfig, PacsError, search_series, search_studies
+from core.pacs import workflow as wf
+from core.pacs.client import PacsConfig, PacsError, search_series, search_studies
 from ui import auth, state
 
 HITS, SERIES, REVIEW, STATUS = "pacs_hits", "pacs_series_cache", "pacs_review", "pacs_status"
@@ -28,7 +28,7 @@ class PacsReview:
     """One reviewed series, kept in the session (one at a time, so memory stays flat over many studies)."""
 
     retrieved: wf.RetrievedSeries
-    review: object  # core.study.SeriesReview
+    review: object  # core.inference.study.SeriesReview
     key_overlays: list
     label: str
     method: str
@@ -157,7 +157,7 @@ def _retrieve_and_review(ctx, pacs: PacsConfig, user: str, study_uid: str, hit) 
     except Exception as exc:  # noqa: BLE001 - never a traceback in the page
         st.error(f"**The series could not be reviewed** ({type(exc).__name__}: {exc}).", icon=":material/error:")
         return
-    label = retrieved.series.name  # series number and description (core.series_dicom): never a patient tag
+    label = retrieved.series.name  # series number and description (core.io.series_dicom): never a patient tag
     st.session_state[REVIEW] = PacsReview(retrieved, review, key_overlays, label, method)
     _mark(study_uid, "reviewed")
     bundle = predictor.bundle
@@ -176,7 +176,7 @@ def _retrieve_and_review(ctx, pacs: PacsConfig, user: str, study_uid: str, hit) 
 
 
 def _finding_for_report(pr: PacsReview):
-    from core.results_sr import SeriesFinding
+    from core.report.sr import SeriesFinding
 
     r = pr.review
     try:
@@ -186,9 +186,9 @@ def _finding_for_report(pr: PacsReview):
 
 
 def _pdf(ctx, pr: PacsReview) -> bytes:
-    """The series report (``core.report_pdf.study_pdf``): labelled by study key and series, never the patient."""
-    from core.report_pdf import KeyImage, study_pdf
-    from core.results_sr import ModelIdentity
+    """The series report (``core.report.pdf.study_pdf``): labelled by study key and series, never the patient."""
+    from core.report.pdf import KeyImage, study_pdf
+    from core.report.sr import ModelIdentity
     from ui import views
 
     r = pr.review
@@ -201,8 +201,8 @@ def _pdf(ctx, pr: PacsReview) -> bytes:
 
 
 def _slice_view(ctx, pr: PacsReview) -> None:
-    from core.cam import overlay
-    from core.study import slice_cam
+    from core.explain.cam import overlay
+    from core.inference.study import slice_cam
 
     r = pr.review
     first = pr.key_overlays[0][0] if pr.key_overlays else r.n_slices // 2
@@ -270,7 +270,7 @@ def _study_view(ctx, pacs: PacsConfig, user: str, pr: PacsReview) -> None:
 
 
 def _send(ctx, pacs: PacsConfig, user: str, pr: PacsReview) -> None:
-    from core.results_sr import ModelIdentity
+    from core.report.sr import ModelIdentity
 
     with st.container(border=True, key="pacs_send_box"):
         st.markdown("**Send the results to the PACS**, into the same study: a structured report (DICOM SR, marked "

@@ -8,9 +8,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from core.dicom_io import DicomDisplay
-from core.image_io import DEFAULT_LIMITS, DecodeLimits, decode_bytes
-from core.predictor import Prediction, Predictor
+from core.io.dicom import DicomDisplay
+from core.io.image import DEFAULT_LIMITS, DecodeLimits, decode_bytes
+from core.inference.predictor import Prediction, Predictor
 from core.preprocess import Preprocessed, PreprocessSpec, head_mask
 
 
@@ -87,7 +87,7 @@ class Analysis:
     prediction: Prediction
     pre: Preprocessed
     display: DicomDisplay | None = None  # grey DICOM in modality units, for the reader's window/level
-    cams: dict = field(default_factory=dict)  # (method, target index) -> core.cam.CamResult
+    cams: dict = field(default_factory=dict)  # (method, target index) -> core.explain.cam.CamResult
     audit_id: int | None = None  # the prediction's row in the audit trail (reader feedback refers to it)
     _head: object = field(default=None, repr=False)
 
@@ -132,8 +132,8 @@ def analyse_bytes(predictor: Predictor, data: bytes, name: str, limits: DecodeLi
 
 def explain(predictor: Predictor, analysis: Analysis, method: str, target: int | None):
     """Grad-CAM family heatmap for ``target`` (None: predicted class), memoised on the analysis.
-    Goes through ``core.cam.compute_cams``, which holds the predictor's lock."""
-    from core.cam import compute_cams
+    Goes through ``core.explain.cam.compute_cams``, which holds the predictor's lock."""
+    from core.explain.cam import compute_cams
 
     t = analysis.prediction.index if target is None else int(target)
     key = (method, t)

@@ -11,12 +11,12 @@ from pathlib import Path
 import streamlit as st
 
 from app_config import REPO, AppConfig, ConfigError, load_config
-from core.audit_trail import AuditTrail
-from core.checkpoint import CARD_FILE, load_bundle
-from core.device import select_device
+from core.review.audit_trail import AuditTrail
+from core.model.checkpoint import CARD_FILE, load_bundle
+from core.model.device import select_device
 from core.errors import CheckpointError
-from core.predictor import Predictor
-from core.registry import list_models
+from core.inference.predictor import Predictor
+from core.model.registry import list_models
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
 RESEARCH_DETAIL = ("This tool classifies single 2-D brain MRI slices for research and review. It is not a "
@@ -117,7 +117,7 @@ MODEL_KEY = "model_pick"  # the sidebar's model picker (a bundle folder)
 
 
 def pick_model(root: Path) -> Path:
-    """The sidebar's model picker over the bundles of ``root`` (``core.registry``): the default bundle first,
+    """The sidebar's model picker over the bundles of ``root`` (``core.model.registry``): the default bundle first,
     then ``root/<model-name>/`` ones. Hidden when there is only one. Returns the picked bundle folder; every
     page follows it (each model is loaded once per server process and cached)."""
     models = list_models(root)

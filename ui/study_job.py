@@ -1,7 +1,7 @@
 """A batch review of a folder of studies running in the background (no streamlit).
 
 The same job machinery as a folder of slices (:class:`ui.batch_job.BatchJob`: a worker thread, the server-wide
-limit, Stop, progress polled by the page), over ``core.study_batch.run_studies``: one row per series, the
+limit, Stop, progress polled by the page), over ``core.review.studies.run_studies``: one row per series, the
 per-slice rows collected beside them. Progress counts study inputs (a NIfTI file, a DICOM folder, a zip), since
 the number of series is known only once each input is read.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.audit_trail import AuditTrail
-from core.predictor import Predictor
-from core.study_batch import SERIES_COLUMNS, count_study_inputs, run_studies, slice_columns
+from core.review.audit_trail import AuditTrail
+from core.inference.predictor import Predictor
+from core.review.studies import SERIES_COLUMNS, count_study_inputs, run_studies, slice_columns
 from ui.batch_job import CANCELLED, DEFAULT_MAX_JOBS, DONE, BatchJob, format_seconds
 
 
@@ -26,7 +26,7 @@ _FLAGS = ("tumour", "uncertain", "outside_intended_use", "rule_chosen_for_model"
 
 @dataclass(eq=False)
 class StudyJob(BatchJob):
-    """One run over a folder of studies; ``rows`` are ``core.study_batch`` series rows, ``slices`` their slices."""
+    """One run over a folder of studies; ``rows`` are ``core.review.studies`` series rows, ``slices`` their slices."""
 
     slices: list[dict] = field(default_factory=list)
     plane: str = "axial"

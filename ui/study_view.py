@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.series import Series
-from core.study import SeriesReview
+from core.io.series import Series
+from core.inference.study import SeriesReview
 from ui.charts import class_colours
 from ui.imaging import grey_to_rgb
 from ui.viewer import image_pair

@@ -2,7 +2,7 @@
 
 Why a fragment: a slider move, an arrow key or a click on the strip chart used to rerun the whole page (the
 series table, the summary, every widget: 0.4-0.9 s). Inside ``st.fragment`` only the viewer reruns, and what
-it draws is reused: the heatmaps come from a :class:`core.study_cams.SliceCams` (kept, and the neighbours of
+it draws is reused: the heatmaps come from a :class:`core.explain.study_cams.SliceCams` (kept, and the neighbours of
 the shown slice computed ahead in the background), the strip chart is built once per series and only its
 slice line moves, and the image pair figure only gets new image sources.
 """
@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
-from core.dicom_io import DicomDisplay, apply_display_window
-from core.display import analysed_window
-from core.report_pdf import KeyImage, study_pdf
-from core.results_sr import ModelIdentity, SeriesFinding
-from core.series import Series
-from core.study import SeriesReview
-from core.study_cams import SliceCams
+from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
+from core.io.dicom import DicomDisplay, apply_display_window
+from core.io.display import analysed_window
+from core.report.pdf import KeyImage, study_pdf
+from core.report.sr import ModelIdentity, SeriesFinding
+from core.io.series import Series
+from core.inference.study import SeriesReview
+from core.explain.study_cams import SliceCams
 from ui import views
 from ui.imaging import colour_scale, draw_peak_marker, to_uint8
 from ui.study_view import move_marker, record_json, refill_pair, series_record, slice_table, slices_csv, strip_chart

@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.checkpoint import model_identity
+from core.model.checkpoint import model_identity
 from core.errors import ImageLoadError
-from core.metrics import missed_findings
-from core.predictor import Predictor
+from core.evaluation.metrics import missed_findings
+from core.inference.predictor import Predictor
 from core.preprocess import analysed_view, preprocess
 from ui import charts
 from ui.imaging import grey_to_rgb, png_bytes, thumbnail, to_uint8
@@ -53,7 +53,7 @@ def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model
     """Per file: a PNG thumbnail (with a heatmap overlay for the predicted class when ``cam_method``) or an
     error message, and the heatmap's peak (x, y as fractions of the original image; None without heatmap)."""
     del stamps, model_sha  # cache key only
-    from core.cam import compute_cams, overlay
+    from core.explain.cam import compute_cams, overlay
 
     items, slots, out = [], [], []
     for i, p in enumerate(paths):
@@ -151,7 +151,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def missed_findings_text(missed: dict, confident_at: float) -> str:
-    """One sentence on tumours read as no tumour (:func:`core.metrics.missed_findings` output)."""
+    """One sentence on tumours read as no tumour (:func:`core.evaluation.metrics.missed_findings` output)."""
     return (f"**Tumour slices read as no tumour: {missed['missed']} of {missed['with_finding']:,}**"
             + (f", {missed['missed_confident']} of them at or above the {confident_at:.0%} 'uncertain' threshold "
                f"(up to {missed['max_confidence']:.1%} confidence)" if missed["missed"] else "")
@@ -293,7 +293,7 @@ def non_mri_view(report: dict) -> None:
                                                              "near copies are grouped")
     flagged = model.get("ct_flagged_outside_intended_use")
     c[1].metric("Flagged outside intended use", "–" if flagged is None else f"{flagged:,} of {ct.get('files', 0):,}",
-                help="By the CT gate (core.ood.ct_gate), for the model named in the report")
+                help="By the CT gate (core.inference.ood.ct_gate), for the model named in the report")
     c[2].metric("Other non-MRI files", f"{(report.get('non_mri') or {}).get('other', 0):,}")
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="audit_non_mri")
@@ -337,8 +337,8 @@ def model_card_view(card: dict) -> None:
 # -- per-source figures ------------------------------------------------------------------------
 def metrics_for(bundle, weights_dir: str | Path) -> dict | None:
     """The metrics file beside a model, only if it was measured for this very model (the record ``train.py`` and
-    ``core.evaluate`` write: its name and identity); None otherwise, so no other model's figures are quoted."""
-    from core.checkpoint import METRICS_FILE
+    ``core.evaluation.evaluate`` write: its name and identity); None otherwise, so no other model's figures are quoted."""
+    from core.model.checkpoint import METRICS_FILE
 
     measured = read_json(Path(weights_dir) / METRICS_FILE) or {}
     return measured if measured.get("model") == {"name": bundle.name, **bundle.identity} else None
@@ -472,7 +472,7 @@ def detection_view(m: dict, key: str) -> None:
 
 
 def targets_view(rows: list[dict]) -> None:
-    """The acceptance targets (``core.targets``) with measured figures and met / not met."""
+    """The acceptance targets (``core.evaluation.targets``) with measured figures and met / not met."""
     df = pd.DataFrame([{"group": r["group"], "target": r["target"], "measured": r["shown"],
                         "met": "–" if r["met"] is None else ("yes" if r["met"] else "NO")} for r in rows])
     st.dataframe(df, hide_index=True, width="stretch", key="targets")
@@ -481,7 +481,7 @@ def targets_view(rows: list[dict]) -> None:
 def set_folder(m: dict, key: str, card: dict, candidates: Sequence[Path]) -> Path | None:
     """The folder a held-out set's file names are relative to, if its images are on this machine (None for
     volume slices, or when no candidate data root holds them)."""
-    from core.data_spec import DataSpec, DataSpecError
+    from core.data.spec import DataSpec, DataSpecError
 
     listed = [r["file"] for r in m.get("misclassified", [])[:20]]
     folders: list[Path] = []

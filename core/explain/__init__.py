@@ -1,0 +1,2 @@
+"""Where the model looked: Grad-CAM family heatmaps for slices and series.
+"""

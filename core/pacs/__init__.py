@@ -1,0 +1,2 @@
+"""PACS over DICOMweb: the client (search, retrieve, store) and the retrieve -> review -> send workflow.
+"""

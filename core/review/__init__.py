@@ -1,0 +1,3 @@
+"""Many inputs at once: folder and study batches, Ray scale-out, Parquet shards, and the audit trail every
+prediction is recorded in.
+"""

@@ -42,7 +42,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # annotations only: the settings load before (and without) torch
+    from core.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parent
 CONFIG_FILE = REPO / "mri_app.toml"
@@ -88,16 +91,15 @@ class AppConfig:
     def audit_path(self) -> Path:
         return self.data_dir / AUDIT_DB_NAME
 
-    def dataset_candidates(self, metrics: Mapping | None = None, card: Mapping | None = None) -> list[Path]:
+    def dataset_candidates(self, metrics: Mapping | None = None, card: ModelCard | None = None) -> list[Path]:
         """Where the labelled dataset (with a ``Testing`` folder) may be, most specific first."""
         out: list[Path] = []
         if self.dataset_root is not None:
             out.append(self.dataset_root)
         if metrics and metrics.get("dataset_root"):
             out.append(Path(str(metrics["dataset_root"])))
-        training = (card or {}).get("training", {}) if card else {}
-        if isinstance(training, Mapping) and training.get("data_root"):
-            root = Path(str(training["data_root"]))
+        if card is not None and card.training.data_root:
+            root = Path(str(card.training.data_root))
             out.append(root if root.is_absolute() else REPO / root)
         out.append(REPO.parent / "shared" / "data" / "brain-tumor-mri")
         seen, unique = set(), []

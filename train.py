@@ -6,10 +6,11 @@
 
 Steps (``main`` runs them in order): read the declared data sources (``core.data.spec``) -> index and
 preprocess them once (``core.data.sources``, cached) -> split every source into train / validation / test parts
-by near-duplicate group and by case (``core.data.splits``) -> train with augmentation, keeping the checkpoint
-that scores best on validation across sources -> temperature scaling and the OOD statistics, fitted on
-training/validation data only -> save -> reload the saved bundle and evaluate it through the serving code on
-the held-out part of every source (``core.evaluation.source_eval``).
+by near-duplicate group and by case (``core.data.splits``) [``start_run``] -> train with augmentation, keeping
+the checkpoint that scores best on validation across sources [``train_run``] -> temperature scaling and the OOD
+statistics, fitted on training/validation data only -> save the weights -> build the model card
+(``core.model.card.ModelCard``) -> reload the saved weights and evaluate them through the serving code on the
+held-out part of every source (``core.evaluation.source_eval``) -> write the card, once [``save_and_evaluate``].
 """
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ from core import __version__
 from core.evaluation.data_audit import DEFAULT_NEAR_DISTANCE, audit_splits
 from core.data.augment import AugmentConfig, augment_batch
 from core.inference.calibration import fit_temperature, softmax
-from core.model.checkpoint import (AUDIT_FILE, CARD_FILE, DEFAULT_MODEL_NAME, INTENDED_USE, METRICS_FILE, kept_validation,
-                             load_bundle, model_identity, save_bundle)
+from core.model.card import (INTENDED_USE, Architecture, Calibration, DataRecord, Explanation, Inference, ModelCard,
+                             OODRecord, ParentRecord, TrainingRecord, WeightsRecord)
+from core.model.checkpoint import (AUDIT_FILE, DEFAULT_MODEL_NAME, METRICS_FILE, ModelBundle, load_bundle,
+                                   save_weights, write_card)
 from core.data.spec import DataSpec, DataSpecError, SourceSpec
 from core.data.dataset import class_names_of, fingerprint
 from core.model.device import autocast_dtype, select_device
@@ -48,10 +51,10 @@ from core.model.architectures import CAM_LAYERS, Classifier, build_model, cam_in
 from core.inference.ood import MahalanobisOOD
 from core.inference.predictor import Predictor
 from core.preprocess import HEAD_SEARCHES, PreprocessSpec, preprocess, to_model_tensor
-from core.model.int8 import FeaturesAndLogits
+from core.model.features import FeaturesAndLogits
 from core.evaluation.source_eval import DEFAULT_CONFIDENT_AT, evaluate_parts
 from core.data.sources import index_sources
-from core.data.splits import DataSplit, split_sources
+from core.data.splits import DataSplit, split_sources, trainable
 from core.data.synthetic import NON_MRI_KINDS, fake_scan, fake_volume, non_mri_image
 from core.model.tta import TTA_MODES, with_tta
 
@@ -186,7 +189,7 @@ def make_synthetic_dataset(root: Path, per_class: int = 12, seed: int = 0, volum
     return replace(spec, name="dry-run", sources=(tree, cases))
 
 
-def resolve_data_spec(args: argparse.Namespace, parent_card: dict | None) -> tuple[DataSpec, Path]:
+def resolve_data_spec(args: argparse.Namespace, parent_card: ModelCard | None) -> tuple[DataSpec, Path]:
     """The data spec and the folder its roots are relative to (``--data-spec`` help); DataSpecError if unusable."""
     if args.data_spec:
         return DataSpec.load(args.data_spec), Path(args.data_root or SHARED_DATA)
@@ -196,9 +199,9 @@ def resolve_data_spec(args: argparse.Namespace, parent_card: dict | None) -> tup
             raise DataSpecError(f"training folder not found: {root / args.train_dir}")
         names = class_names_of(root / args.train_dir)
         return DataSpec.single_tree(args.train_dir, args.test_dir, names, args.val_fraction, args.near_distance), root
-    if parent_card is not None and parent_card.get("data", {}).get("spec"):
-        recorded = parent_card["data"]
-        return DataSpec.from_dict(recorded["spec"]), Path(recorded.get("root") or SHARED_DATA)
+    if parent_card is not None and parent_card.data.spec:
+        recorded = parent_card.data
+        return DataSpec.from_dict(recorded.spec), Path(recorded.root or SHARED_DATA)
     return DataSpec.load(DEFAULT_DATA_SPEC), SHARED_DATA
 
 
@@ -211,13 +214,6 @@ class PreparedData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     audit: dict
-
-
-def trainable(split: DataSplit, part: str, leave_out: list[str]) -> np.ndarray:
-    """Indices of ``part`` used for training or selection: not of a left-out source, and not a volume slice
-    with only a sliver of tumour (labelled tumour, but under the source's ``min_tumour_mm2``)."""
-    return np.array([i for i in split.select(part) if split.records[i].source not in leave_out
-                     and split.records[i].detail != "small tumour"], int)
 
 
 def prepare_data(data: DataSpec, root: Path, split_spec: PreprocessSpec, spec: PreprocessSpec,
@@ -530,62 +526,75 @@ def choose_explanation(predictor: Predictor, data: DataSpec, split: DataSplit, r
             "validation_pointing_game": scores}
 
 
-def parent_record(card: dict) -> dict:
+def parent_record(card: ModelCard) -> ParentRecord:
     """What a child card keeps of its --init-from parent: SHA-256, command, and how the parent's weights were
     chosen (epoch, raw or EMA, validation selection score, training time), so a re-fit (``--epochs 0``) still
     says how its weights were selected. Nested: the parent's own ``init_from`` comes along, so the card holds
     every command back to scratch."""
-    tr = card.get("training", {})
-    own = tr.get("epochs_run")
-    kept = kept_validation(tr)
-    return {"sha256": card["weights"]["sha256"], "command": tr.get("command"), "epochs_run": own,
-            "best_epoch": tr.get("best_epoch") if own else None, "best_weights": tr.get("best_weights") if own else None,
-            "selection_score": kept.get("score"), "validation_scores": kept or None, "duration_s": tr.get("duration_s"),
-            "init_from": tr.get("init_from")}
+    tr = card.training
+    own = tr.epochs_run
+    kept = tr.kept_validation()
+    return ParentRecord(sha256=card.weights.sha256, command=tr.command, epochs_run=own,
+                        best_epoch=tr.best_epoch if own else None, best_weights=tr.best_weights if own else None,
+                        selection_score=kept.get("score"), validation_scores=kept or None, duration_s=tr.duration_s,
+                        init_from=tr.init_from)
 
 
-def build_card(args: argparse.Namespace, command: str, data: DataSpec, root: Path, prepared: PreparedData,
-               spec: PreprocessSpec, model: Classifier, temperature: float, ood: MahalanobisOOD, result: dict,
-               parent, device: torch.device) -> dict:
-    """The model card: input contract, classes, data, training provenance (before metrics are added)."""
+def training_record(args: argparse.Namespace, command: str, setup: RunSetup, prepared: PreparedData,
+                    result: dict) -> TrainingRecord:
+    """The card's training provenance: command, seed, data fingerprints, epochs and history, recipe."""
     split = prepared.split
     fingerprints = {f"{s}/{p}": fingerprint([split.records[i] for i in split.select(p, s)])
                     for s in split.sources for p in ("train", "val", "test") if len(split.select(p, s))}
+    return TrainingRecord(
+        command=command, seed=args.seed, device=str(setup.device), dry_run=args.dry_run,
+        init_from=None if setup.parent is None else parent_record(setup.parent.card),
+        data_root=str(setup.root), train_dir=args.train_dir, test_dir=args.test_dir, data_fingerprint=fingerprints,
+        # Equal across a chain of continued runs: each child was selected on its parent's validation files.
+        validation_fingerprint=fingerprint([split.records[i] for i in prepared.val_idx]),
+        train_files=int(len(prepared.train_idx)), val_files=int(len(prepared.val_idx)),
+        epochs_run=result["epochs_run"], best_epoch=result["best_epoch"], best_weights=result["best_weights"],
+        history=result["history"],
+        selection_rule=selection_score.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
+        duration_s=None, torch=torch.__version__, python=platform.python_version(),
+        augmentation=augment_config(args).to_dict(),
+        hyperparameters={k: getattr(args, k) for k in (
+            "arch", "image_size", "epochs", "patience", "batch_size", "lr", "weight_decay", "label_smoothing",
+            "augment", "gamma_range", "sampling", "ema", "tta", "val_fraction", "near_distance")})
+
+
+def build_card(args: argparse.Namespace, command: str, setup: RunSetup, prepared: PreparedData,
+               spec: PreprocessSpec, model: Classifier, temperature: float, ood: MahalanobisOOD, result: dict,
+               weights: WeightsRecord) -> ModelCard:
+    """The model card: input contract, classes, data, training provenance and the saved weights (the evaluation's
+    results are added by :func:`with_evaluation`)."""
+    data, split = setup.data, prepared.split
     counts = {f"{s}/{p}": int(len(split.select(p, s))) for s in split.sources for p in ("train", "val", "test")}
-    return {
-        "name": args.name,
-        "version": args.version,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "intended_use": INTENDED_USE,
-        "class_names": list(data.class_names),
-        "input_spec": spec.to_dict(),
-        "architecture": {"name": args.arch, "in_channels": spec.channels, "num_classes": len(data.class_names),
-                         "parameters": sum(p.numel() for p in model.parameters()), "pretrained": args.pretrained,
-                         "cam_layer": "last" if args.cam_layer == "auto" else args.cam_layer},
-        "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
-        "inference": {"tta": args.tta},
-        "ood": {"method": "image gates (blank, colour) + Mahalanobis distance of penultimate features",
-                "threshold": ood.threshold, "threshold_percentile_of_validation": args.ood_percentile},
-        "data": {"spec": data.to_dict(), "spec_sha256": data.sha256(), "root": str(root),
-                 "left_out": list(args.leave_out), "parts": counts},
-        "training": {
-            "command": command, "seed": args.seed, "device": str(device), "dry_run": args.dry_run,
-            "init_from": None if parent is None else parent_record(parent.card),
-            "data_root": str(root), "train_dir": args.train_dir, "test_dir": args.test_dir,
-            "data_fingerprint": fingerprints,
-            # Equal across a chain of continued runs: each child was selected on its parent's validation files.
-            "validation_fingerprint": fingerprint([split.records[i] for i in prepared.val_idx]),
-            "train_files": int(len(prepared.train_idx)), "val_files": int(len(prepared.val_idx)),
-            "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
-            "best_weights": result["best_weights"], "history": result["history"],
-            "selection_rule": selection_score.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
-            "duration_s": None, "torch": torch.__version__, "python": platform.python_version(),
-            "augmentation": augment_config(args).to_dict(),
-            "hyperparameters": {k: getattr(args, k) for k in (
-                "arch", "image_size", "epochs", "patience", "batch_size", "lr", "weight_decay", "label_smoothing",
-                "augment", "gamma_range", "sampling", "ema", "tta", "val_fraction", "near_distance")},
-        },
-    }
+    return ModelCard(
+        name=args.name, version=args.version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        intended_use=INTENDED_USE, class_names=list(data.class_names), input_spec=spec,
+        architecture=Architecture(name=args.arch, in_channels=spec.channels, num_classes=len(data.class_names),
+                                  parameters=sum(p.numel() for p in model.parameters()), pretrained=args.pretrained,
+                                  cam_layer="last" if args.cam_layer == "auto" else args.cam_layer),
+        calibration=Calibration(method="temperature scaling on the validation split", temperature=temperature),
+        inference=Inference(tta=args.tta),
+        ood=OODRecord(method="image gates (blank, colour) + Mahalanobis distance of penultimate features",
+                      threshold=ood.threshold, threshold_percentile_of_validation=args.ood_percentile),
+        data=DataRecord(spec=data.to_dict(), spec_sha256=data.sha256(), root=str(setup.root),
+                        left_out=list(args.leave_out), parts=counts),
+        training=training_record(args, command, setup, prepared, result),
+        weights=weights)
+
+
+def with_evaluation(card: ModelCard, explain: dict, metrics: dict, duration_s: float) -> ModelCard:
+    """The card with what the evaluation of the saved bundle settled: the Grad-CAM method and layer, the headline
+    figures of every set, the OOD probe results, and the run's duration."""
+    ood = card.ood if "ood" not in metrics else replace(
+        card.ood, evaluation={k: v for k, v in metrics["ood"].items() if k != "note"})
+    return replace(card, architecture=replace(card.architecture, cam_layer=explain["layer"]),
+                   explanation=Explanation(**explain), ood=ood,
+                   training=replace(card.training, duration_s=duration_s),
+                   metrics={name: summary(m) for name, m in metrics["sets"].items()})
 
 
 def use_synthetic_data(args: argparse.Namespace) -> tempfile.TemporaryDirectory:
@@ -615,7 +624,7 @@ class RunSetup:
     """What a run starts from: device, parent model, declared data and the input specs."""
 
     device: torch.device
-    parent: object | None  # core.model.checkpoint.ModelBundle of --init-from
+    parent: ModelBundle | None  # the --init-from model
     data: DataSpec
     root: Path
     spec: PreprocessSpec  # the model's input contract (mean/std set later for a new model)
@@ -640,10 +649,11 @@ def set_up(args: argparse.Namespace) -> RunSetup:
     if args.sampling == "auto":
         args.sampling = "uniform" if len(data.sources) == 1 else "sqrt_source_class"
     if parent is not None:
-        args.pretrained = args.pretrained or bool(parent.card["architecture"].get("pretrained"))  # the lineage
-        if parent.class_names != list(data.class_names) or parent.card["architecture"]["name"] != args.arch:
+        parent_arch = parent.card.architecture
+        args.pretrained = args.pretrained or bool(parent_arch.pretrained)  # the lineage
+        if parent.class_names != list(data.class_names) or parent_arch.name != args.arch:
             raise ValueError(f"{args.init_from} has classes {parent.class_names} and arch "
-                             f"{parent.card['architecture']['name']}; expected {list(data.class_names)}, {args.arch}")
+                             f"{parent_arch.name}; expected {list(data.class_names)}, {args.arch}")
     # A continued run keeps the parent's input contract; only the side and the head search may change (the
     # networks end in a global pool, so weights carry over: fine-tuning at a larger size is progressive
     # resizing, and a steadier crop changes framing only slightly).
@@ -662,7 +672,7 @@ def standardisation(args: argparse.Namespace, setup: RunSetup, prepared: Prepare
     spec = setup.spec
     if setup.parent is not None:
         if not args.epochs:  # nothing is trained: the card keeps the augmentation the weights were trained with
-            hp = setup.parent.card.get("training", {}).get("hyperparameters", {})
+            hp = setup.parent.card.training.hyperparameters
             args.augment = hp.get("augment", "basic")
             args.gamma_range = hp.get("gamma_range", args.gamma_range)
     elif args.pretrained:
@@ -675,11 +685,62 @@ def standardisation(args: argparse.Namespace, setup: RunSetup, prepared: Prepare
     return spec
 
 
-def fit_calibration_and_ood(model: Classifier, images: torch.Tensor, labels: np.ndarray, prepared: PreparedData,
-                            spec: PreprocessSpec, args: argparse.Namespace,
-                            device: torch.device) -> tuple[float, MahalanobisOOD, np.ndarray]:
+@dataclass
+class Run:
+    """A run's starting point: its setup, the prepared data, the final input spec and the (untrained) model."""
+
+    setup: RunSetup
+    prepared: PreparedData
+    spec: PreprocessSpec
+    model: Classifier
+    started: float  # time.time() before the data was prepared (the card's duration counts from here)
+
+
+def start_run(args: argparse.Namespace, out: Path) -> Run:
+    """Resolve the spec and build the data and the model; ValueError, OSError or PretrainedUnavailableError with
+    the reason when the arguments, the data or the parent do not fit."""
+    problem = argument_error(args)
+    if problem:
+        raise ValueError(problem)
+    setup = set_up(args)
+    print(f"device: {setup.device}; output: {out}; data: {setup.data.name} under {setup.root}", flush=True)
+    started = time.time()
+    prepared = (prepare_from_pack(args.packed, setup.spec, args) if args.packed else
+                prepare_data(setup.data, setup.root, setup.split_spec, setup.spec, args))
+    spec = standardisation(args, setup, prepared)
+    model = build_model(args.arch, spec.channels, len(setup.data.class_names), pretrained=args.pretrained,
+                        cam_layer=None if args.cam_layer == "auto" else args.cam_layer).to(setup.device)
+    return Run(setup, prepared, spec, model, started)
+
+
+def train_run(run: Run, args: argparse.Namespace, gen: torch.Generator) -> dict:
+    """Train the run's model in place (from the parent's weights when continuing); a re-fit (``--epochs 0``)
+    keeps the parent's weights as they are. Returns :func:`train_model`'s history record."""
+    model, prepared, spec, device = run.model, run.prepared, run.spec, run.setup.device
+    split = prepared.split
+    labels = split.labels()
+    parts = Counter((r.source, p) for r, p in zip(split.records, split.part))
+    print(f"classes {list(run.setup.data.class_names)}; train {len(prepared.train_idx)}, val {len(prepared.val_idx)} "
+          f"({', '.join(f'{s}/{p} {n}' for (s, p), n in sorted(parts.items()))}); spec {spec}", flush=True)
+    if run.setup.parent is not None:
+        model.load_state_dict(run.setup.parent.model.state_dict())
+    if device.type != "mps":
+        run.model = model = model.to(memory_format=torch.channels_last)
+    if not args.epochs:
+        return {"history": [], "best_epoch": 0, "best_weights": "parent", "epochs_run": 0}
+    images = torch.from_numpy(prepared.images)
+    train_idx, val_idx = prepared.train_idx, prepared.val_idx
+    return train_model(model, images[train_idx], torch.from_numpy(labels[train_idx]), images[val_idx],
+                       labels[val_idx], spec, args, device, gen,
+                       sampling_weights([split.records[i] for i in train_idx], args.sampling),
+                       np.array([split.records[i].source for i in val_idx]))
+
+
+def fit_calibration_and_ood(model: Classifier, prepared: PreparedData, spec: PreprocessSpec,
+                            args: argparse.Namespace, device: torch.device) -> tuple[float, MahalanobisOOD, np.ndarray]:
     """Temperature (on validation, under the card's TTA), the OOD statistics (training features, threshold at
     a validation percentile) and the validation logits."""
+    images, labels = torch.from_numpy(prepared.images), prepared.split.labels()
     train_idx, val_idx = prepared.train_idx, prepared.val_idx
     val_logits, _ = predict_arrays(model, images[val_idx], spec, device, args.tta)
     temperature = fit_temperature(val_logits, labels[val_idx])
@@ -691,16 +752,15 @@ def fit_calibration_and_ood(model: Classifier, images: torch.Tensor, labels: np.
     return temperature, ood, val_logits
 
 
-def evaluate_saved(out: Path, card: dict, setup: RunSetup, prepared: PreparedData, val_logits: np.ndarray,
-                   temperature: float, args: argparse.Namespace) -> dict:
-    """Reload the saved bundle and evaluate it through the serving path, exactly as a user would get it:
-    the Grad-CAM layer (chosen on validation), every held-out part, the validation parts, the OOD probes."""
+def evaluate_saved(out: Path, card: ModelCard, setup: RunSetup, prepared: PreparedData, val_logits: np.ndarray,
+                   temperature: float, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Reload the saved weights and evaluate them through the serving path, exactly as a user would get them:
+    the Grad-CAM method and layer (chosen on validation), every held-out part, the validation parts, the OOD
+    probes. Returns the explanation record for the card and the metrics."""
     data, split, root = setup.data, prepared.split, setup.root
-    predictor = Predictor(load_bundle(out), setup.device)
+    predictor = Predictor(load_bundle(out, card), setup.device)
     explain = choose_explanation(predictor, data, split, root, args)
-    card["architecture"]["cam_layer"] = explain["layer"]
-    card["explanation"] = explain
-    metrics: dict = {"model": {"name": card["name"], **model_identity(card)},
+    metrics: dict = {"model": {"name": card.name, **card.identity},
                      "class_names": list(data.class_names), "confident_at": args.confident_at,
                      "left_out_sources": list(args.leave_out), "sets": {}}
     held_out = None
@@ -719,7 +779,23 @@ def evaluate_saved(out: Path, card: dict, setup: RunSetup, prepared: PreparedDat
         "exact_duplicate_groups", "exact_duplicate_files", "duplicate_groups_exact_or_near",
         "duplicate_files_exact_or_near", "label_conflict_groups", "near_duplicate_max_hamming_bits", "leakage")}
     metrics["dataset_root"] = str(root)
-    return metrics
+    return explain, metrics
+
+
+def save_and_evaluate(out: Path, run: Run, args: argparse.Namespace, command: str, result: dict) -> ModelCard:
+    """Fit the post-hoc parts (temperature, OOD), save the weights and the data audit, evaluate the saved bundle
+    (metrics.json), and write the finished card, once. Returns the card as written."""
+    setup, prepared, spec = run.setup, run.prepared, run.spec
+    temperature, ood, val_logits = fit_calibration_and_ood(run.model, prepared, spec, args, setup.device)
+    model = run.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    weights = save_weights(out, model, ood)
+    card = build_card(args, command, setup, prepared, spec, model, temperature, ood, result, weights)
+    (out / AUDIT_FILE).write_text(json.dumps(prepared.audit, indent=2))
+    explain, metrics = evaluate_saved(out, card, setup, prepared, val_logits, temperature, args)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    card = with_evaluation(card, explain, metrics, round(time.time() - run.started, 1))
+    write_card(out, card)
+    return card
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,53 +807,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = use_synthetic_data(args) if args.dry_run else None
     out = Path(args.out or REPO / "weights")
     try:
-        problem = argument_error(args)
-        if problem:
-            raise ValueError(problem)
-        setup = set_up(args)
-        print(f"device: {setup.device}; output: {out}; data: {setup.data.name} under {setup.root}", flush=True)
-        started = time.time()
-        prepared = (prepare_from_pack(args.packed, setup.spec, args) if args.packed else
-                    prepare_data(setup.data, setup.root, setup.split_spec, setup.spec, args))
-        spec = standardisation(args, setup, prepared)
-        model = build_model(args.arch, spec.channels, len(setup.data.class_names), pretrained=args.pretrained,
-                            cam_layer=None if args.cam_layer == "auto" else args.cam_layer).to(setup.device)
+        run = start_run(args, out)
     except (ValueError, OSError, PretrainedUnavailableError) as exc:  # DataSpecError, CheckpointError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    split, device = prepared.split, setup.device
-    labels = split.labels()
-    parts = Counter((r.source, p) for r, p in zip(split.records, split.part))
-    print(f"classes {list(setup.data.class_names)}; train {len(prepared.train_idx)}, val {len(prepared.val_idx)} "
-          f"({', '.join(f'{s}/{p} {n}' for (s, p), n in sorted(parts.items()))}); spec {spec}", flush=True)
-    if setup.parent is not None:
-        model.load_state_dict(setup.parent.model.state_dict())
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
-    images = torch.from_numpy(prepared.images)
-    if args.epochs:
-        train_idx, val_idx = prepared.train_idx, prepared.val_idx
-        result = train_model(model, images[train_idx], torch.from_numpy(labels[train_idx]), images[val_idx],
-                             labels[val_idx], spec, args, device, gen,
-                             sampling_weights([split.records[i] for i in train_idx], args.sampling),
-                             np.array([split.records[i].source for i in val_idx]))
-    else:  # re-fit only: the parent's weights as they are
-        result = {"history": [], "best_epoch": 0, "best_weights": "parent", "epochs_run": 0}
-    temperature, ood, val_logits = fit_calibration_and_ood(model, images, labels, prepared, spec, args, device)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-
-    card = build_card(args, command, setup.data, setup.root, prepared, spec, model, temperature, ood, result,
-                      setup.parent, device)
-    card = save_bundle(out, model, card, ood)
-    (out / AUDIT_FILE).write_text(json.dumps(prepared.audit, indent=2))
-    metrics = evaluate_saved(out, card, setup, prepared, val_logits, temperature, args)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    card["metrics"] = {name: summary(m) for name, m in metrics["sets"].items()}
-    if "ood" in metrics:
-        card["ood"]["evaluation"] = {k: v for k, v in metrics["ood"].items() if k != "note"}
-    card["training"]["duration_s"] = round(time.time() - started, 1)
-    (out / CARD_FILE).write_text(json.dumps(card, indent=2))
-    print(json.dumps(card["metrics"], indent=2))
+    result = train_run(run, args, gen)
+    card = save_and_evaluate(out, run, args, command, result)
+    print(json.dumps(card.metrics, indent=2))
     if tmp is not None and argv is None:
         tmp.cleanup()
     return 0

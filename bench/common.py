@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark: machine facts, models, data, statistics."""
+"""Shared pieces of the benchmark: machine facts, models, data, statistics, Markdown tables."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import platform
 import re
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(os.environ.get("MRI_DATA_ROOT", REPO.parent / "shared" / "data" / "brain-tumor-mri")) / "Testing"
 CLASS_NAMES = ["glioma", "meningioma", "notumor", "pituitary"]
 RANDOM_SHA = "random-weights-seed-0"
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout carries the report)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def cores() -> int:
@@ -106,6 +112,13 @@ def peak_rss_mb() -> dict:
     return {"self_mb": peak, "children_max_mb": round(child_kb / 1024, 1)}
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (MB)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def rss_now_mb(uss: bool = False) -> dict:
     """Resident memory now: main process, and its worker processes (RSS counts the pages
     they share with the main process after fork; USS only what each holds alone)."""
@@ -123,7 +136,7 @@ def rss_now_mb(uss: bool = False) -> dict:
                 kids += c.memory_info().rss
         except psutil.Error:
             pass
-    out = {"main_mb": round(me.memory_info().rss / 2**20, 1), "workers_rss_mb": round(kids / 2**20, 1)}
+    out = {"main_mb": round(rss_mb(), 1), "workers_rss_mb": round(kids / 2**20, 1)}
     if uss:
         out["workers_uss_mb"] = round(kids_uss / 2**20, 1)
     return out
@@ -133,8 +146,9 @@ def rss_now_mb(uss: bool = False) -> dict:
 
 def random_bundle(image_size: int = 160, seed: int = 0):
     """A slimresnet bundle with random weights (same architecture and input as the real one)."""
-    from core.model.checkpoint import ModelBundle
     from core.model.architectures import build_model
+    from core.model.card import ModelCard
+    from core.model.checkpoint import ModelBundle
     from core.inference.ood import MahalanobisOOD
     from core.preprocess import PreprocessSpec
 
@@ -146,7 +160,7 @@ def random_bundle(image_size: int = 160, seed: int = 0):
     feats = model.head.in_features
     ood = MahalanobisOOD(torch.randn(len(CLASS_NAMES), feats) * 0.1, torch.eye(feats), threshold=float("inf"))
     spec = PreprocessSpec(image_size=image_size, mean=0.26, std=0.24)
-    return ModelBundle(model=model, card={"name": "random-slimresnet"}, spec=spec, class_names=list(CLASS_NAMES),
+    return ModelBundle(model=model, card=ModelCard(name="random-slimresnet"), spec=spec, class_names=list(CLASS_NAMES),
                        temperature=1.0, ood=ood, sha256=RANDOM_SHA)
 
 
@@ -158,6 +172,11 @@ def real_weights_ready(folder: Path) -> bool:
         return "metrics" in json.loads(card.read_text())
     except (OSError, ValueError):
         return False
+
+
+def default_weights() -> str:
+    """The trained model folder ``weights/`` once training has finished, else "random"."""
+    return str(REPO / "weights") if real_weights_ready(REPO / "weights") else "random"
 
 
 def load_model(weights: str) -> tuple[object, str]:
@@ -193,10 +212,11 @@ class VGGBaseline(nn.Module):
 
 
 def vgg_bundle(spec, class_names: list[str]):
+    from core.model.card import ModelCard
     from core.model.checkpoint import ModelBundle
 
     torch.manual_seed(0)
-    return ModelBundle(model=VGGBaseline(len(class_names)).eval(), card={"name": "vgg16-baseline"}, spec=spec,
+    return ModelBundle(model=VGGBaseline(len(class_names)).eval(), card=ModelCard(name="vgg16-baseline"), spec=spec,
                        class_names=list(class_names), temperature=1.0, ood=None, sha256="vgg16-random")
 
 
@@ -310,3 +330,12 @@ class Timer:
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self.t0
         return False
+
+
+def fmt_table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table with columns padded to their widest cell."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line, sep] + ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells])

@@ -11,7 +11,7 @@
 #                tree: it times an epoch only; its weights are thrown away and never shipped
 #   gpu_input    the tensor input path (core/gpu_preprocess.py: decode_jpeg on the GPU, head search and crop as
 #                tensor ops) against the CPU definition on every Testing JPEG: box within 2 px, same prediction
-#   input_paths  python -m bench.input_path_section on the GPU: decode / crop / forward ms and end-to-end img/s of
+#   input_paths  python -m bench.sections.input_paths on the GPU: decode / crop / forward ms and end-to-end img/s of
 #                each input path, the fraction of forward-only (issue 22; JSON in OUT_DIR/input_paths.json)
 #   bench        python -m bench on the GPU (writes bench/results/gpu-*.json, bench/README_section_gpu.md,
 #                and the timing run's card to bench/results/training/; it has the input_paths section too)
@@ -70,7 +70,7 @@ from dataclasses import replace
 from core.model.checkpoint import load_bundle
 from core.model.device import select_device
 from core.gpu_preprocess import stream_batches
-from core.io.image import decode_bytes
+from core.io.decode import decode_bytes
 from core.inference.predictor import Predictor
 from core.preprocess import preprocess_decoded
 dev = select_device(sys.argv[2])
@@ -91,7 +91,7 @@ print(f"{n} slices on {dev}: box within 2 px {same_box / n:.4f} (target >= 0.99)
       f"(target >= 0.995), {time.perf_counter() - t0:.0f} s with the CPU reference")
 PY
 
-step input_paths 100 "$py" -m bench.input_path_section --device "$device" --data "$data/Testing" --images 1311 \
+step input_paths 100 "$py" -m bench.sections.input_paths --device "$device" --data "$data/Testing" --images 1311 \
     --out "$out/input_paths.json"
 
 step train_timing 150 "$py" train.py --data-root "$data" --train-dir Testing --test-dir "" --device "$device" \

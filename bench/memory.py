@@ -12,6 +12,29 @@ import sys
 import time
 
 
+def _trend(samples: list[dict], n: int) -> dict | None:
+    """Whether main-process RSS grows over a run of ``n`` images, from its ``samples``.
+
+    The allocator takes and returns whole batches, so RSS swings between samples. A leak is a trend:
+    compare the median of the window after warm-up (images 1000-2000) with the median of the last 1000
+    images, and fit a straight line through every sample after 1000 images.
+    """
+    import numpy as np
+
+    early = [s["main_mb"] for s in samples if 1000 <= s["images"] < 2000]
+    late = [s["main_mb"] for s in samples if s["images"] > n - 1000]
+    after = [s for s in samples if s["images"] >= 1000]
+    if not (early and late):
+        return None
+    slope = float(np.polyfit([s["images"] for s in after], [s["main_mb"] for s in after], 1)[0]) \
+        if len(after) >= 3 else None
+    return {"median_mb_images_1000_2000": round(float(np.median(early)), 1),
+            "median_mb_last_1000": round(float(np.median(late)), 1),
+            "growth_median_mb": round(float(np.median(late) - np.median(early)), 1),
+            "slope_mb_per_1000_images": None if slope is None else round(slope * 1000, 2),
+            "swing_mb": round(max(s["main_mb"] for s in after) - min(s["main_mb"] for s in after), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
@@ -26,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam-method", default=None)
     args = p.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from bench.common import cycle, interleave_classes, list_images, load_model, peak_rss_mb, rss_now_mb
+    from core.explain.cam import Explainer
     from core.inference.pipeline import stream
     from core.inference.predictor import Predictor
     from pathlib import Path
@@ -50,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 0
     every = args.batch_size  # every batch: RSS moves by tens of MB between batches, so one sample proves little
     for n, _ in enumerate(stream(predictor, files, batch_size=args.batch_size, num_workers=args.workers,
-                                        cam_method=args.cam_method), start=1):
+                                        cam_method=args.cam_method, explainer=Explainer(predictor)), start=1):
         if n % every == 0:  # while the decode workers are alive (the last rows come after they exit)
             r = rss_now_mb(uss=True)
             total = r["main_mb"] + r["workers_uss_mb"]
@@ -64,21 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return min(samples, key=lambda s: abs(s["images"] - k)) if samples else {}
 
     first, last = at(1000), samples[-1] if samples else {}
-    # The allocator takes and returns whole batches, so RSS swings between samples. A leak is a trend:
-    # compare the median of the window after warm-up (images 1000-2000) with the median of the last 1000
-    # images, and fit a straight line through every sample after 1000 images.
-    early = [s["main_mb"] for s in samples if 1000 <= s["images"] < 2000]
-    late = [s["main_mb"] for s in samples if s["images"] > n - 1000]
-    after = [s for s in samples if s["images"] >= 1000]
-    trend = None
-    if early and late:
-        slope = float(np.polyfit([s["images"] for s in after], [s["main_mb"] for s in after], 1)[0]) \
-            if len(after) >= 3 else None
-        trend = {"median_mb_images_1000_2000": round(float(np.median(early)), 1),
-                 "median_mb_last_1000": round(float(np.median(late)), 1),
-                 "growth_median_mb": round(float(np.median(late) - np.median(early)), 1),
-                 "slope_mb_per_1000_images": None if slope is None else round(slope * 1000, 2),
-                 "swing_mb": round(max(s["main_mb"] for s in after) - min(s["main_mb"] for s in after), 1)}
+    trend = _trend(samples, n)
     end_rss = rss_now_mb()
     print(json.dumps({
         "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),

@@ -1,7 +1,7 @@
 """Memory of a serving process over many single-scan predictions with Grad-CAM (run by ``python -m bench``).
 
 What one dashboard process does for every upload: decode a file, predict, and compute a Grad-CAM for the
-predicted class (``core.explain.cam.compute_cams``, which takes the predictor's lock and releases its hooks). In a
+predicted class (``core.explain.cam.Explainer.compute``, which takes the explainer's lock and releases its hooks). In a
 fresh process, after ``--warmup`` calls (allocator pools, lazy imports, oneDNN primitive caches), it runs
 ``--calls`` more over real files and samples the resident set size every ``--every`` calls. Prints one
 JSON line. ``tests/test_concurrency.py`` asserts the same flatness on synthetic scans; this script is where
@@ -34,19 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.common import interleave_classes, list_images, load_model, peak_rss_mb, rss_now_mb
-    from core.explain.cam import compute_cams
+    from core.explain.cam import Explainer
     from core.inference.predictor import Predictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle, _ = load_model(args.weights)
     predictor = Predictor(bundle, torch.device(args.device), args.precision)
+    explainer = Explainer(predictor)
     files = interleave_classes(list_images(Path(args.data)))
     every = args.every or max(1, args.calls // 10)
 
     def one(i: int) -> None:
         pred, pre = predictor.predict(files[i % len(files)])
-        compute_cams(predictor, [pre], [pred.index], args.cam_method)
+        explainer.compute([pre], [pred.index], args.cam_method)
 
     for i in range(args.warmup):
         one(i)

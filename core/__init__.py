@@ -2,7 +2,7 @@
 
 Sub-packages, in the order a slice flows through them (``docs/architecture.md`` has the diagram):
 
-* ``core.io``: bytes -> :class:`core.io.image.DecodedImage` (JPG/PNG/TIFF/DICOM), volumes and series;
+* ``core.io``: bytes -> :class:`core.io.types.DecodedImage` (JPG/PNG/TIFF/DICOM), volumes and series;
 * ``core.preprocess``: the one preprocessing definition (head crop, resize, standardise), read from the card;
 * ``core.model``: architectures, the checkpoint and model card, device choice, precision back-ends, TTA;
 * ``core.inference``: the predictor, the one streaming pipeline, OOD gates, calibration, per-series verdicts;

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.errors import ImageLoadError
-from core.io.image import DEFAULT_LIMITS, DecodeLimits, read_source_bytes, reduction_factor
+from core.io.decode import read_source_bytes
+from core.io.raster import reduction_factor
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.preprocess import (_GAMMA_OTSU_STEPS, _GAMMA_OTSU_TARGET, _SEARCH_SIDE, PreprocessSpec, Preprocessed,
                              _needed_side, decode_for, preprocess_decoded)
 

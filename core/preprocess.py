@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from core.io.image import (DecodedImage, DecodeLimits, DEFAULT_LIMITS, ImageSource, ReducedJpeg, decode_bytes,
-                           decode_image, decode_jpeg_reduced, reduction_factor)
+from core.io.decode import decode_bytes, decode_image
+from core.io.raster import ReducedJpeg, decode_jpeg_reduced, reduction_factor
+from core.io.types import DecodedImage, DecodeLimits, DEFAULT_LIMITS, ImageSource
 
 
 HEAD_SEARCHES = ("otsu", "gamma_otsu", "gamma_hist")
@@ -278,7 +279,7 @@ def preprocess(source: ImageSource | DecodedImage, spec: PreprocessSpec,
 def decode_for(data: bytes, name: str, spec: PreprocessSpec, limits: DecodeLimits = DEFAULT_LIMITS,
                full: bool = False) -> DecodedImage | ReducedJpeg:
     """Decode file bytes for :func:`preprocess_decoded`: under a fast spec a JPEG is decoded at the size the
-    crop needs (:func:`core.io.image.decode_jpeg_reduced`); anything else, or ``full=True`` (the caller needs the
+    crop needs (:func:`core.io.raster.decode_jpeg_reduced`); anything else, or ``full=True`` (the caller needs the
     full-resolution pixels, e.g. to display them), decodes fully. Raises ImageLoadError on bad input."""
     if spec.head_search in FAST_SEARCHES and not full:
         reduced = decode_jpeg_reduced(data, name, limits, _needed_side(spec))
@@ -312,7 +313,7 @@ def _needed_side(spec: PreprocessSpec) -> int:
 
 def _area_reduced(pixels01: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (ceil(H/f), ceil(W/f)) copy of float pixels in [0, 1], reduced by the factor a JPEG's DCT-scaled
-    decode would use (:func:`core.io.image.reduction_factor`), with an area filter: the same geometry as
+    decode would use (:func:`core.io.raster.reduction_factor`), with an area filter: the same geometry as
     :func:`decode_for` gives for the same image as a JPEG."""
     grey8 = (np.clip(pixels01, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     h, w = grey8.shape

@@ -13,7 +13,8 @@ from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLO
 from core.io.dicom import apply_display_window
 from core.io.display import analysed_window, grey_display
 from core.errors import ImageLoadError
-from core.io.image import DEFAULT_LIMITS, DecodeLimits, read_source_bytes
+from core.io.decode import read_source_bytes
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.evaluation.metrics import OTHER_LESION, implied_type_and_sequence, no_finding_classes, pooled_missed_findings
 from core.preprocess import analysed_view
 from core.report.pdf import single_scan_pdf
@@ -33,7 +34,7 @@ MAX_CACHED = 8
 
 def default_cam_method() -> str:
     """The CAM method chosen for the loaded model on validation patients (card ``explanation``), else Grad-CAM."""
-    method = (state.current().predictor.bundle.card.get("explanation") or {}).get("method")
+    method = state.current().predictor.bundle.card.explanation.method
     return method if method in CAM_METHODS else "gradcam"
 
 
@@ -368,10 +369,10 @@ colormap = k4.selectbox("Colour map", list(COLORMAPS), key="cam_colormap")
 try:
     with st.spinner(f"Computing {CAM_LABELS.get(method, method)}…"):
         target_index = None if agnostic or target == PREDICTED else target
-        raw = explain(ctx.predictor, analysis, method, target_index)
+        raw = explain(ctx.explainer, analysis, method, target_index)
         # Another class's map goes on the predicted class's scale, so weak evidence is drawn faint, not hot.
         other = target_index is not None and target_index != pred.index
-        reference = explain(ctx.predictor, analysis, method, None) if other else None
+        reference = explain(ctx.explainer, analysis, method, None) if other else None
         cam = on_reading_scale(raw, analysis.head_mask(ctx.predictor.spec), reference)
 except Exception as exc:  # noqa: BLE001
     st.error(f"The heatmap could not be computed ({type(exc).__name__}: {exc}).", icon=":material/error:")

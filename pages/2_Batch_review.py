@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import streamlit as st
 
@@ -65,8 +66,9 @@ def ray_engine(mode: str):
     return engine
 
 
-def new_job() -> BatchJob | None:
-    """Draw the input panel; return a freshly started job when the user starts one."""
+def input_panel() -> tuple[str, str | None, list | None, str] | None:
+    """Draw the input panel; ``(mode, folder, uploaded files, engine choice)`` once Start is pressed while no
+    review of this session runs, else None."""
     with st.container(border=True):
         mode = st.segmented_control("Input", [FOLDER, UPLOAD, STUDIES], default=FOLDER, required=True,
                                     key="batch_mode",
@@ -103,42 +105,43 @@ def new_job() -> BatchJob | None:
                             disabled=busy, help="Stop the running review first." if busy else None)
         if not clicked or busy:
             return None
-    if active_jobs() >= ctx.config.max_batch_jobs:  # checked before the old results are discarded
-        st.error(limit_message(), icon=":material/hourglass_top:")
-        return None
-    if mode != UPLOAD:
-        if not (folder or "").strip():
-            st.error("Enter a folder path first.", icon=":material/folder_off:")
-            return None
-        try:
-            root = resolve_within(folder.strip(), list(ctx.config.allowed_roots))
-        except PathNotAllowedError as exc:
-            st.error(f"**Folder refused.** {exc}", icon=":material/block:")
-            return None
-        if not root.is_dir():
-            st.error(f"`{folder}` is not an existing folder.", icon=":material/folder_off:")
-            return None
-        if mode == STUDIES and (engine_choice == RAY or not has_studies(root)):
-            st.warning("Studies are reviewed on this server (choose *Local*)." if engine_choice == RAY else
-                       f"No NIfTI volume, DICOM series folder or zip was found under `{root}`.")
-            return None
-        if mode == FOLDER and count_image_files(root) == 0:
-            st.warning(f"No JPG, PNG, TIFF, BMP or DICOM files were found under `{root}`.")
-            return None
-        label, upload_dir = str(root), None
-    else:
+    return mode, folder, files, engine_choice
+
+
+def chosen_source(mode: str, folder: str | None, files: list | None,
+                  engine_choice: str) -> tuple[Path, str, Path | None] | None:
+    """``(root, label, upload folder)`` of the chosen input (uploads saved to a temporary folder, which is then
+    the root), or None after a message saying why it cannot be reviewed."""
+    if mode == UPLOAD:
         if not files:
             st.error("Choose one or more files to upload first.", icon=":material/upload_file:")
             return None
-        upload_dir = root = save_uploads(files)
-        label = f"{len(files)} uploaded file(s)"
-    engine = None
-    if engine_choice == RAY:
-        engine = ray_engine(mode)
-        if engine is None:
-            if upload_dir is not None:
-                shutil.rmtree(upload_dir, ignore_errors=True)
-            return None
+        upload_dir = save_uploads(files)
+        return upload_dir, f"{len(files)} uploaded file(s)", upload_dir
+    if not (folder or "").strip():
+        st.error("Enter a folder path first.", icon=":material/folder_off:")
+        return None
+    try:
+        root = resolve_within(folder.strip(), list(ctx.config.allowed_roots))
+    except PathNotAllowedError as exc:
+        st.error(f"**Folder refused.** {exc}", icon=":material/block:")
+        return None
+    if not root.is_dir():
+        st.error(f"`{folder}` is not an existing folder.", icon=":material/folder_off:")
+        return None
+    if mode == STUDIES and (engine_choice == RAY or not has_studies(root)):
+        st.warning("Studies are reviewed on this server (choose *Local*)." if engine_choice == RAY else
+                   f"No NIfTI volume, DICOM series folder or zip was found under `{root}`.")
+        return None
+    if mode == FOLDER and count_image_files(root) == 0:
+        st.warning(f"No JPG, PNG, TIFF, BMP or DICOM files were found under `{root}`.")
+        return None
+    return root, str(root), None
+
+
+def start_job(mode: str, root: Path, label: str, upload_dir: Path | None, engine) -> BatchJob | None:
+    """Replace this session's review by a new one over ``root``; None after a message when it cannot start
+    (the uploaded files, if any, are then removed)."""
     if job is not None:
         job.discard()  # one review per session: a new one replaces the last (and its uploaded files)
     try:
@@ -155,6 +158,29 @@ def new_job() -> BatchJob | None:
     if upload_dir is not None:
         shutil.rmtree(upload_dir, ignore_errors=True)
     return None
+
+
+def new_job() -> BatchJob | None:
+    """Draw the input panel; return a freshly started job when the user starts one."""
+    chosen = input_panel()
+    if chosen is None:
+        return None
+    mode, folder, files, engine_choice = chosen
+    if active_jobs() >= ctx.config.max_batch_jobs:  # checked before the old results are discarded
+        st.error(limit_message(), icon=":material/hourglass_top:")
+        return None
+    source = chosen_source(mode, folder, files, engine_choice)
+    if source is None:
+        return None
+    root, label, upload_dir = source
+    engine = None
+    if engine_choice == RAY:
+        engine = ray_engine(mode)
+        if engine is None:
+            if upload_dir is not None:
+                shutil.rmtree(upload_dir, ignore_errors=True)
+            return None
+    return start_job(mode, root, label, upload_dir, engine)
 
 
 started = new_job()
@@ -324,7 +350,7 @@ start, stop = views.pager(len(view), ctx.config.gallery_page_size, key="gal_page
 page_rows = view.iloc[start:stop]
 if len(page_rows):
     with st.spinner("Rendering thumbnails…"):
-        images, peaks = views.thumbnails_with_peaks(ctx.predictor, [job.abs_path(p) for p in page_rows["path"]],
+        images, peaks = views.thumbnails_with_peaks(ctx.explainer, [job.abs_path(p) for p in page_rows["path"]],
                                                     method if show_cam else None, opacity, cmap)
     if show_cam:  # the CSV downloads carry the heatmaps computed here
         job.record_cams(method, dict(zip(page_rows["path"], peaks)))

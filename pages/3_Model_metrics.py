@@ -166,7 +166,7 @@ if tab_open("Data audit"):
         non_mri = views.read_json(REPO / "reports" / "kaggle_ct_audit.json")
         if non_mri:
             views.non_mri_view(non_mri)
-        ood = metrics.get("ood") or card.get("ood", {}).get("evaluation")
+        ood = metrics.get("ood") or card.ood.evaluation
         if ood:
             st.markdown("**Out-of-distribution check** (synthetic non-MRI probes vs held-out MRI slices)")
             c = st.columns(3)
@@ -209,7 +209,7 @@ if tab_open("Misclassified"):
                     except PathNotAllowedError:
                         paths.append(folder / "__outside__")
                 with st.spinner("Rendering thumbnails…"):
-                    images = views.thumbnails(ctx.predictor, paths, "gradcam" if show_cam else None)
+                    images = views.thumbnails(ctx.explainer, paths, "gradcam" if show_cam else None)
                 items = [{"title": r["file"], "caption": f"true **{r['true']}** → :red[**{r['predicted']}**] "
                                                           f"{format_confidence(float(r['confidence']))}",
                           "path": path, "openable": path.is_file()} for r, path in zip(shown, paths)]

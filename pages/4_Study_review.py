@@ -7,7 +7,8 @@ from collections import OrderedDict
 import pandas as pd
 import streamlit as st
 
-from core.io.series import PLANES, Series, SeriesLoad, read_series
+from core.io.read_series import read_series
+from core.io.series import PLANES, Series, SeriesLoad
 from core.inference.study import SeriesReview, load_rule, review_series, rule_model_sha256
 from ui import state
 from ui.study_viewer import slice_table_panel, slice_viewer

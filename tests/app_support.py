@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +57,14 @@ MISSED_TESTING = {
 def always_no_tumour_bundle(src: Path, dst: Path) -> Path:
     """A copy of the model in ``src`` that reads every slice as "notumor" (a large head bias) and is never
     "outside intended use", with a metrics.json holding :data:`MISSED_TESTING` as its full Testing set."""
-    from core.model.checkpoint import load_bundle, model_identity, save_bundle
+    from core.model.checkpoint import load_bundle, save_bundle
 
     bundle = load_bundle(src)
     with torch.no_grad():
         bundle.model.head.bias[bundle.class_names.index("notumor")] += 100.0
-    card = dict(bundle.card, ood=dict(bundle.card["ood"], threshold=float("inf")))
+    card = replace(bundle.card, ood=replace(bundle.card.ood, threshold=float("inf")))
     card = save_bundle(dst, bundle.model, card, ood=bundle.ood)
-    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card["name"], **model_identity(card)},
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card.name, **card.identity},
                                                   "class_names": bundle.class_names,
                                                   "sets": {"testing_full": MISSED_TESTING}}))
     return dst
@@ -166,7 +166,7 @@ def other_lesion_bundle(src: Path, dst: Path) -> Path:
     """A copy of the model in ``src`` with a fifth class, "other_lesion", that it gives every slice (a new head
     row with a large bias), never "outside intended use"; metrics.json holds a held-out set in the per-source
     format that ``train.py`` writes."""
-    from core.model.checkpoint import load_bundle, model_identity, save_bundle
+    from core.model.checkpoint import load_bundle, save_bundle
     from core.evaluation.metrics import class_recall_as, detection_metrics, evaluate_predictions
 
     bundle = load_bundle(src)
@@ -179,8 +179,8 @@ def other_lesion_bundle(src: Path, dst: Path) -> Path:
         new.bias[-1] = 100.0
     bundle.model.head = new
     names = bundle.class_names + ["other_lesion"]
-    card = dict(bundle.card, class_names=names, ood=dict(bundle.card["ood"], threshold=float("inf")),
-                architecture=dict(bundle.card["architecture"], num_classes=len(names)))
+    card = replace(bundle.card, class_names=names, ood=replace(bundle.card.ood, threshold=float("inf")),
+                   architecture=replace(bundle.card.architecture, num_classes=len(names)))
     ood = bundle.ood
     if ood is not None:  # one more (unused) class mean for the OOD statistics
         ood.means = torch.cat([ood.means, ood.means[:1]])
@@ -192,7 +192,7 @@ def other_lesion_bundle(src: Path, dst: Path) -> Path:
     held["detection"] = detection_metrics(labels, probs, names, 0.6, sequences=["T1", "T2", "T2", "T1", "T2"])
     held["other_lesion_called_no_tumour"] = class_recall_as(labels, probs, names, "other_lesion", ["notumor"])
     held.update(source="feltrin", part="test", title="Feltrin 44-class held-out", definition="synthetic")
-    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card["name"], **model_identity(card)},
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": card.name, **card.identity},
                                                   "class_names": names, "sets": {"feltrin_test": held}}))
     return dst
 
@@ -203,7 +203,7 @@ TYPE_SEQUENCE_TYPES = ("Astrocitoma", "Meningioma", "_NORMAL")
 def type_sequence_bundle(src: Path, dst: Path, name: str = "tiny-type-sequence") -> Path:
     """A copy of the model in ``src`` with nine "<type> <sequence>" classes (3 types x T1 / T1C+ / T2), like the
     44-class model in miniature, under the card name ``name``; its metrics.json holds one evaluated test set."""
-    from core.model.checkpoint import load_bundle, model_identity, save_bundle
+    from core.model.checkpoint import load_bundle, save_bundle
     from core.evaluation.metrics import evaluate_predictions
     from core.inference.ood import MahalanobisOOD
 
@@ -217,8 +217,8 @@ def type_sequence_bundle(src: Path, dst: Path, name: str = "tiny-type-sequence")
                                                                       generator=torch.Generator().manual_seed(0)))
         model.head.bias.copy_(old.bias[rows])
     ood = MahalanobisOOD(bundle.ood.means[rows], bundle.ood.precision, bundle.ood.threshold) if bundle.ood else None
-    card = dict(bundle.card, name=name, class_names=names,
-                architecture=dict(bundle.card["architecture"], num_classes=len(names)))
+    card = replace(bundle.card, name=name, class_names=names,
+                   architecture=replace(bundle.card.architecture, num_classes=len(names)))
     card = save_bundle(dst, model, card, ood=ood)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, len(names), 60)
@@ -227,7 +227,7 @@ def type_sequence_bundle(src: Path, dst: Path, name: str = "tiny-type-sequence")
     probs /= probs.sum(1, keepdims=True)
     test = evaluate_predictions(labels, probs, names, [f"{names[k]}/{i}.png" for i, k in enumerate(labels)],
                                 n_boot=20)
-    (dst / "metrics.json").write_text(json.dumps({"model": {"name": name, **model_identity(card)},
+    (dst / "metrics.json").write_text(json.dumps({"model": {"name": name, **card.identity},
                                                   "class_names": names,
                                                   "sets": {"feltrin_test": dict(test, title="Feltrin held-out", part="test")}}))
     return dst

@@ -58,6 +58,14 @@ def tiny_predictor(tiny_bundle_dir):
     return Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"))
 
 
+@pytest.fixture(scope="session")
+def tiny_explainer(tiny_predictor):
+    """The heatmaps of :func:`tiny_predictor` (one per predictor, as the dashboard keeps)."""
+    from core.explain.cam import Explainer
+
+    return Explainer(tiny_predictor)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

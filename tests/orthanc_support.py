@@ -242,7 +242,7 @@ VOLUMES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "v
 
 def demo_volume(path: Path) -> np.ndarray:
     """A NIfTI volume's axial slices (slices, rows, cols), inferior first, scaled to 12-bit values, for upload."""
-    from core.io.series import read_paths
+    from core.io.read_series import read_paths
     from tests.study_support import display_slices
 
     vol = display_slices(read_paths([path])[0].series.volume).astype(np.float32)

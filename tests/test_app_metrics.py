@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, CORRUPT_NAME, all_text, always_no_tumour_bundle, make_app_env, make_labelled_folder, scan_png
-from core.model.checkpoint import model_identity
+from core.model.card import ModelCard
 
 TIMEOUT = 180
 PAGE = "pages/3_Model_metrics.py"
@@ -151,7 +151,7 @@ def test_stress_test_tab_shows_the_report_only_for_the_loaded_model(tiny_bundle_
     card = json.loads((app_env.weights / "model_card.json").read_text())
     shifts = {k: {"description": d, "n": 10, "unreadable": 0, "accuracy": 0.9 if k == "none" else 0.8,
                   "macro_f1": 0.8, "ood_flagged_rate": 0.1} for k, (d, _) in shift_eval.SHIFTS.items()}
-    report = {"model": model_identity(card), "data": "/home/someone/other-machine/brain-tumor-mri/Testing",
+    report = {"model": ModelCard.from_dict(card).identity, "data": "/home/someone/other-machine/brain-tumor-mri/Testing",
               "shifts": shifts}
     (app_env.weights / "shift_eval.json").write_text(json.dumps(report))
     at = metrics_page("Stress test")

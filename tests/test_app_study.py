@@ -92,7 +92,7 @@ def test_study_page_lists_series_with_verdicts_and_moves_between_slices(app_env)
 
 
 def test_downloads_carry_no_patient_tag(tiny_predictor):
-    from core.io.series import read_series
+    from core.io.read_series import read_series
     from core.inference.study import SeriesRule, review_series
     from ui.study_view import record_json, series_record, slices_csv
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from core.review.audit_trail import COLUMNS, EXPORT_COLUMNS, FEEDBACK_COLUMNS, MAX_NOTE_CHARS, AuditTrail, default_audit_path
-from core.review.folder import main as batch_main, run_batch
+from core.batch import main as batch_main
+from core.review.folder import run_batch
 from core.data.synthetic import fake_scan
 from tests.conftest import REPO
 from tests.factories import FAKE_PATIENT, dicom_bytes, encode
@@ -206,7 +207,7 @@ def test_batch_audit_has_every_row_and_never_identifying_tags(tmp_path, tiny_pre
     for needle in needles:
         assert needle.encode() not in blob, f"{needle!r} found in the audit database"
     # ... while the decoder itself did see them (the test would be vacuous otherwise).
-    from core.io.image import decode_bytes
+    from core.io.decode import decode_bytes
 
     assert decode_bytes(dcm, "x.dcm", include_identifying_tags=True).dicom_tags["PatientName"] == "Zqxwv^Jolyon"
     assert "PatientName" not in decode_bytes(dcm, "x.dcm").dicom_tags

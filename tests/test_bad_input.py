@@ -1,7 +1,7 @@
 """Bad input: every case gets a specific message, nothing crashes, and a batch loses no row.
 
 One test per item of the hardening issue (numbered as there). Each checks the engine
-(``core.io.image`` / ``core.io.files`` / the predictor) *and* the batch runner, where a bad
+(``core.io.decode`` / ``core.io.files`` / the predictor) *and* the batch runner, where a bad
 file must become one row carrying the reason while every other file still gets its row.
 The tiny dry-run model is untrained, so model-based out-of-distribution checks that need
 trained behaviour use the shipped weights and skip without them.
@@ -24,10 +24,12 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
 
 from core.io import files as core_files
-from core.review.folder import main as batch_main, run_batch
+from core.batch import main as batch_main
+from core.review.folder import run_batch
 from core.errors import ImageLoadError
 from core.io.files import PathNotAllowedError, count_image_files, iter_image_files, resolve_within
-from core.io.image import DEFAULT_LIMITS, DecodeLimits, decode_bytes, decode_image, read_source_bytes
+from core.io.decode import decode_bytes, decode_image, read_source_bytes
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.inference.ood import COLOUR_LIMIT
 from core.preprocess import preprocess
 from core.data.synthetic import fake_scan, non_mri_image

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.review.folder import csv_columns, done_paths, main as batch_main, run_batch
+from core.batch import main as batch_main
+from core.review.folder import csv_columns, run_batch
+from core.review.results_csv import done_paths
 from core.data.synthetic import fake_scan
 from tests.conftest import REPO
 

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from core.model.card import ModelCard
 from core.model.checkpoint import CARD_FILE, WEIGHTS_FILE, load_bundle, save_bundle
 from core.errors import CheckpointError, PretrainedUnavailableError
 from core.model.architectures import build_model
@@ -21,8 +22,8 @@ def test_round_trip(tmp_path):
     card = {"name": "t", "version": "9.9", "class_names": list("abcde"), "architecture": {"name": "slimresnet"},
             "input_spec": {"image_size": 64, "channels": 1, "mean": 0.2, "std": 0.3},
             "calibration": {"temperature": 1.7}, "ood": {"threshold": 123.0}}
-    written = save_bundle(tmp_path, model, card, ood)
-    assert len(written["weights"]["sha256"]) == 64
+    written = save_bundle(tmp_path, model, ModelCard.from_dict(card), ood)
+    assert len(written.weights.sha256) == 64
     b = load_bundle(tmp_path)
     assert b.class_names == list("abcde") and b.temperature == 1.7 and b.spec.image_size == 64
     assert b.ood is not None and b.ood.threshold == 123.0

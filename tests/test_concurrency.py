@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from core.explain import cam as core_cam
-from core.explain.cam import compute_cams
+from core.explain.cam import Explainer
 from core.model.checkpoint import load_bundle
 from core.inference.predictor import Predictor
 from core.data.synthetic import fake_scan
@@ -40,6 +40,12 @@ def predictor160(tiny_bundle_dir) -> Predictor:
 
 
 @pytest.fixture(scope="module")
+def explainer160(predictor160) -> Explainer:
+    """One explainer shared by every thread, as the dashboard shares one per loaded model."""
+    return Explainer(predictor160)
+
+
+@pytest.fixture(scope="module")
 def scans() -> list[bytes]:
     rng = np.random.default_rng(2024)
     return [encode(fake_scan(rng, 176 + 16 * i, i % 4), "PNG") for i in range(N_THREADS)]
@@ -50,20 +56,20 @@ def _hook_count(model: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_eight_threads_cams_equal_single_threaded(predictor160, scans, engine):
-    p = predictor160
+def test_eight_threads_cams_equal_single_threaded(predictor160, explainer160, scans, engine):
+    p, e = predictor160, explainer160
     kw = {} if engine == "auto" else {"engine": engine}
     assert p.spec.image_size == 160
     pres = [p.predict(s)[1] for s in scans]
     jobs = [(k, k % 4, "gradcam" if k < 6 else "gradcam++") for k in range(N_THREADS)]  # image, target, method
-    reference = {job: compute_cams(p, [pres[job[0]]], [job[1]], job[2], **kw)[0].heatmap for job in jobs}
+    reference = {job: e.compute([pres[job[0]]], [job[1]], job[2], **kw)[0].heatmap for job in jobs}
     ref_preds = p.predict_preprocessed(pres[:3])
     # Not vacuous: most maps are non-zero and no two jobs give the same map.
     assert sum(float(r.max()) > 0.5 for r in reference.values()) >= N_THREADS // 2
     maps = list(reference.values())
     assert all(maps[i].shape != maps[j].shape or not np.allclose(maps[i], maps[j])
                for i in range(len(maps)) for j in range(i))
-    same_image = compute_cams(p, [pres[0], pres[0]], [0, 2], "gradcam", **kw)  # target matters on one image
+    same_image = e.compute([pres[0], pres[0]], [0, 2], "gradcam", **kw)  # target matters on one image
     assert not np.allclose(same_image[0].heatmap, same_image[1].heatmap)
 
     rounds = 4
@@ -77,7 +83,7 @@ def test_eight_threads_cams_equal_single_threaded(predictor160, scans, engine):
         try:
             start.wait()
             for _ in range(rounds):
-                results[job].append(compute_cams(p, [pres[job[0]]], [job[1]], job[2], **kw)[0].heatmap)
+                results[job].append(e.compute([pres[job[0]]], [job[1]], job[2], **kw)[0].heatmap)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -114,16 +120,16 @@ def test_eight_threads_cams_equal_single_threaded(predictor160, scans, engine):
 
 
 @pytest.mark.slow
-def test_rss_flat_over_1000_predictions_with_cam(predictor160, scans):
+def test_rss_flat_over_1000_predictions_with_cam(predictor160, explainer160, scans):
     import psutil
 
     proc = psutil.Process()
-    p = predictor160
+    p, e = predictor160, explainer160
     n, warmup = 1_000, 30
 
     def one(i: int) -> None:
         pred, pre = p.predict(scans[i % len(scans)])
-        cam = compute_cams(p, [pre], [pred.index], "gradcam")[0]
+        cam = e.compute([pre], [pred.index], "gradcam")[0]
         assert cam.heatmap.shape == pre.decoded.pixels.shape
 
     for i in range(warmup):  # allocator pools, lazy imports, oneDNN primitive caches

@@ -6,7 +6,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from core.evaluation.data_audit import audit_splits, main as audit_main, near_pairs
+from core.audit import main as audit_main
+from core.evaluation.data_audit import audit_splits, near_pairs
 from core.data.dataset import class_names_of, index_tree
 from core.preprocess import PreprocessSpec
 from core.data.synthetic import fake_scan

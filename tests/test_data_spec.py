@@ -184,8 +184,9 @@ def test_shipped_model_split_keeps_every_patient_in_one_part():
     if not (card.get("data") or {}).get("spec"):
         pytest.skip("the shipped card records no data spec")
     from core.data.splits import split_of_model
+    from core.model.card import ModelCard
 
-    _, _, split = split_of_model(card, SHARED)
+    _, _, split = split_of_model(ModelCard.from_dict(card), SHARED)
     cases = defaultdict(set)
     for r, p in zip(split.records, split.part):
         if r.case:

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.io.image import decode_image
+from core.io.decode import decode_image
 from core.preprocess import PreprocessSpec, preprocess
 
 
@@ -80,7 +80,7 @@ def test_extension_does_not_matter(tmp_path, scan16):
 
 
 def _display(path):
-    from core.io.image import decode_bytes
+    from core.io.decode import decode_bytes
 
     with open(path, "rb") as f:
         return decode_bytes(f.read(), "x.dcm", with_display=True).display

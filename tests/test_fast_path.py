@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.explain.cam import CAM_METHODS, cam_maps, compute_cams
+from core.explain.cam import CAM_METHODS, Explainer
 from core.model.checkpoint import load_bundle
 from core.inference.predictor import Predictor
 from core.preprocess import preprocess
@@ -25,25 +25,25 @@ def items(tiny_predictor):
 
 
 @pytest.mark.parametrize("method", sorted(CAM_METHODS))
-def test_native_batched_cam_equals_grad_cam_package(tiny_predictor, items, method):
+def test_native_batched_cam_equals_grad_cam_package(tiny_predictor, tiny_explainer, items, method):
     batch = tiny_predictor.batch_tensor(items)
-    native, t_native = cam_maps(tiny_predictor, batch, [0, 1, 2, 3, 0, 1], method, engine="native")
-    library, t_library = cam_maps(tiny_predictor, batch, [0, 1, 2, 3, 0, 1], method, engine="library")
+    native, t_native = tiny_explainer.maps(batch, [0, 1, 2, 3, 0, 1], method, engine="native")
+    library, t_library = tiny_explainer.maps(batch, [0, 1, 2, 3, 0, 1], method, engine="library")
     assert t_native == t_library
     assert native.shape == library.shape == (6, tiny_predictor.spec.image_size, tiny_predictor.spec.image_size)
     assert np.abs(native - library).max() < 1e-4
     assert all(p.grad is None for p in tiny_predictor.model.parameters())
 
 
-def test_batched_cams_equal_one_at_a_time(tiny_predictor, items):
-    together = compute_cams(tiny_predictor, items, None, "gradcam")
+def test_batched_cams_equal_one_at_a_time(tiny_explainer, items):
+    together = tiny_explainer.compute(items, None, "gradcam")
     for item, c in zip(items, together):
-        (alone,) = compute_cams(tiny_predictor, [item], None, "gradcam")
+        (alone,) = tiny_explainer.compute([item], None, "gradcam")
         assert alone.target == c.target
         assert np.abs(alone.heatmap - c.heatmap).max() < 1e-4
 
 
-def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_path):
+def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tiny_explainer, tmp_path):
     from core.inference.pipeline import stream
     from core.data.synthetic import fake_scan
 
@@ -59,7 +59,7 @@ def test_pipeline_matches_serial_path_and_reports_bad_files(tiny_predictor, tmp_
     serial = tiny_predictor.predict_preprocessed([preprocess(f, tiny_predictor.spec) for f in files if f != bad])
     for workers in (0, 2):
         rows = list(stream(tiny_predictor, files, batch_size=3, num_workers=workers, root=tmp_path,
-                           cam_method="gradcam"))
+                           cam_method="gradcam", explainer=tiny_explainer))
         assert [r.path for r in rows] == [f.name for f in files]
         assert [r.index for r in rows] == list(range(len(files)))
         assert rows[3].prediction is None and "text file" in rows[3].error and rows[3].failed_at == "decode"
@@ -88,7 +88,9 @@ def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
     assert [x.label for x in a] == [x.label for x in b]
     assert max(abs(x.confidence - y.confidence) for x, y in zip(a, b)) < 0.05
     assert q.warmup() > 0
-    (c,) = compute_cams(q, items[:1], None, "gradcam")  # CAMs still differentiate the fp32 model
+    explainer = Explainer(q)
+    assert explainer.warmup() > 0
+    (c,) = explainer.compute(items[:1], None, "gradcam")  # CAMs still differentiate the fp32 model
     assert c.heatmap.max() <= 1.0
 
     other = tmp_path / "other"
@@ -101,7 +103,7 @@ def test_int8_path_is_keyed_to_its_weights(tiny_bundle_dir, tmp_path, items):
 
 
 def test_precision_overrides(tiny_bundle_dir, items):
-    from core.inference.predictor import cpu_has_native_bf16
+    from core.model.backends import cpu_has_native_bf16
 
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(load_bundle(tiny_bundle_dir), torch.device("cpu"), "int4")

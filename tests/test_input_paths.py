@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from core.errors import ImageLoadError
-from core.io.image import DecodedImage, ReducedJpeg, decode_bytes, decode_jpeg_reduced, DEFAULT_LIMITS, DecodeLimits
+from core.io.decode import decode_bytes
+from core.io.raster import ReducedJpeg, decode_jpeg_reduced
+from core.io.types import DecodedImage, DEFAULT_LIMITS, DecodeLimits
 from core.inference.ood import COLOUR_LIMIT
 from core.preprocess import (PreprocessSpec, decode_for, hist8, otsu_threshold, preprocess_decoded,
                              window_from_hist, _intensity_window)

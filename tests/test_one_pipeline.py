@@ -143,7 +143,8 @@ def test_cancel_stops_reading_and_memory_stays_bounded(labelled, tiny_predictor)
 
 
 def test_a_list_file_is_a_source_and_resume_skips_what_is_done(labelled, tiny_predictor, tmp_path):
-    from core.review.folder import main, run_batch
+    from core.batch import main
+    from core.review.folder import run_batch
 
     listed = sorted(p.relative_to(labelled).as_posix() for p in labelled.rglob("*.png"))
     lst = labelled / "files.txt"

@@ -13,6 +13,7 @@ from app_support import APP, all_text, make_app_env, other_lesion_bundle, scan_p
 from core.evaluation.metrics import class_recall_as, detection_metrics
 from core.evaluation.source_eval import pointing_hit
 from core.evaluation.targets import TARGETS, evaluate_targets
+from core.model.card import ModelCard, WeightsRecord
 
 NAMES = ["glioma", "meningioma", "notumor", "other_lesion", "pituitary"]
 
@@ -70,7 +71,8 @@ def test_targets_read_the_metrics_and_say_not_measured_when_absent():
             "by_sequence": {"T1": {"sensitivity": 0.96}, "T2/FLAIR": {"sensitivity": 0.94}}},
             "other_lesion_called_no_tumour": {"rate": 0.03}},
         "kaggle_test": {"part": "test", "accuracy": 0.99, "ece": 0.05, "detection": {"confident_miss_rate": 0.02}}}}
-    rows = {r["target"]: r for r in evaluate_targets(metrics, {"card": {"weights": {"bytes": 20e6}}})}
+    card = ModelCard(weights=WeightsRecord(bytes=20e6))
+    rows = {r["target"]: r for r in evaluate_targets(metrics, {"card": card})}
     assert len(rows) == len(TARGETS)
     assert rows["tumour sensitivity ≥ 0.97"]["met"] is True
     assert rows["tumour sensitivity ≥ 0.95 in each sequence (lowest shown)"]["measured"] == 0.94
@@ -89,7 +91,8 @@ def test_the_44_class_targets_read_the_merged_views():
 
     metrics = {"sets": {"feltrin_test": {"part": "test", "macro_f1": 0.88, "collapsed": {
         "type": {"accuracy": 0.95}, "sequence": {"accuracy": 0.96}}}}}
-    rows = {r["target"]: r for r in evaluate_targets(metrics, {"card": {"weights": {"bytes": 60e6}}}, FINE_TARGETS)}
+    card = ModelCard(weights=WeightsRecord(bytes=60e6))
+    rows = {r["target"]: r for r in evaluate_targets(metrics, {"card": card}, FINE_TARGETS)}
     assert len(rows) == len(FINE_TARGETS) == 4
     assert rows["macro-F1 ≥ 0.90 over the 44 classes"]["met"] is False
     assert rows["tumour-type accuracy ≥ 0.93 (sequences merged)"]["met"] is True

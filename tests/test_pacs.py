@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from core.model.card import ModelCard
 from core.pacs.client import PacsConfig, PacsError, retrieve_series, search_series, search_studies, store
 from core.report.sr import NOTICE, ModelIdentity, ReportedResult, SeriesFinding, build_overlay_sc, build_sr, read_sr
 from tests.orthanc_support import CuttingProxy, OrthancServer, missing_reason, mr_series, to_bytes
@@ -21,8 +22,9 @@ from tests.orthanc_support import CuttingProxy, OrthancServer, missing_reason, m
 # Tests that need the real server skip with the reason; the others (config, stall) always run.
 needs_orthanc = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
-MODEL = ModelIdentity.from_card({"name": "brain-mri-slice-classifier", "version": "2.0.0",
-                                 "weights": {"sha256": "f66abe6a" + "0" * 56}, "inference": {"tta": "hflip"}})
+MODEL = ModelIdentity.from_card(ModelCard.from_dict({"name": "brain-mri-slice-classifier", "version": "2.0.0",
+                                                     "weights": {"sha256": "f66abe6a" + "0" * 56},
+                                                     "inference": {"tta": "hflip"}}))
 
 
 def _config(server: OrthancServer, **kw) -> PacsConfig:

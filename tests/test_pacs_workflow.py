@@ -32,7 +32,7 @@ def _cfg(server) -> PacsConfig:
 
 
 @needs_orthanc
-def test_retrieve_maps_slices_to_instances_and_leaves_no_files(orthanc, tiny_predictor, tmp_path):
+def test_retrieve_maps_slices_to_instances_and_leaves_no_files(orthanc, tiny_predictor, tiny_explainer, tmp_path):
     series = mr_series(n_slices=10, size=128, patient_id="WF-1")
     for ds in reversed(series):  # uploaded out of order: the slice order comes from the geometry
         orthanc.upload(to_bytes(ds))
@@ -48,7 +48,7 @@ def test_retrieve_maps_slices_to_instances_and_leaves_no_files(orthanc, tiny_pre
     review = wf.review(tiny_predictor, got)
     assert review.n_slices == 10
     assert not review.series_ood  # synthetic heads are inside the test model's intended use
-    overlays = wf.overlays(tiny_predictor, got, review)
+    overlays = wf.overlays(tiny_explainer, got, review)
     assert 1 <= len(overlays) <= wf.MAX_KEY_SLICES and all(rgb.dtype == np.uint8 for _, rgb in overlays)
     outputs = wf.build_outputs(got, review, MODEL, overlays, pdf=b"%PDF-1.4\n%%EOF\n")
     stored = wf.send(_cfg(orthanc), outputs)

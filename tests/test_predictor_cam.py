@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.explain.cam import CAM_METHODS, compute_cams, overlay
+from core.explain.cam import CAM_METHODS, overlay
 from core.model.device import select_device
 from core.preprocess import preprocess
 
@@ -80,13 +80,13 @@ def test_uncertain_threshold(tiny_predictor, scan_u8):
 
 
 @pytest.mark.parametrize("method", sorted(CAM_METHODS))
-def test_cam_shape_range_and_peak(tiny_predictor, method):
+def test_cam_shape_range_and_peak(tiny_predictor, tiny_explainer, method):
     # A bright blob off-centre on a dark head; the image is not square on purpose.
     img = np.zeros((240, 320), np.uint8)
     yy, xx = np.mgrid[0:240, 0:320]
     img[((xx - 160) / 120.0) ** 2 + ((yy - 120) / 100.0) ** 2 < 1] = 90
     pre = preprocess(img, tiny_predictor.spec)
-    (res,) = compute_cams(tiny_predictor, [pre], [2], method)
+    (res,) = tiny_explainer.compute([pre], [2], method)
     assert res.heatmap.shape == (240, 320) and res.heatmap.dtype == np.float32
     assert 0.0 <= res.heatmap.min() and res.heatmap.max() <= 1.0
     px, py = res.peak
@@ -97,13 +97,13 @@ def test_cam_shape_range_and_peak(tiny_predictor, method):
     assert ov.shape == (240, 320, 3) and ov.dtype == np.uint8
 
 
-def test_cam_for_a_chosen_class_differs_per_target(tiny_predictor, scan_u8):
+def test_cam_for_a_chosen_class_differs_per_target(tiny_predictor, tiny_explainer, scan_u8):
     pre = preprocess(scan_u8, tiny_predictor.spec)
-    a, b = compute_cams(tiny_predictor, [pre, pre], [0, 3], "gradcam")
+    a, b = tiny_explainer.compute([pre, pre], [0, 3], "gradcam")
     assert a.target == tiny_predictor.class_names[0] and b.target == tiny_predictor.class_names[3]
 
 
-def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
+def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, tiny_explainer, scan_u8):
     import psutil
 
     model = tiny_predictor.model
@@ -115,11 +115,11 @@ def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
 
     before_hooks = hook_count()
     for _ in range(10):  # warm-up: allocator pools, lazy imports
-        compute_cams(tiny_predictor, [pre], [1], "gradcam")
+        tiny_explainer.compute([pre], [1], "gradcam")
     gc.collect()
     rss0 = psutil.Process().memory_info().rss
     for i in range(150):
-        compute_cams(tiny_predictor, [pre], [i % 4], ["gradcam", "gradcam++", "eigencam"][i % 3])
+        tiny_explainer.compute([pre], [i % 4], ["gradcam", "gradcam++", "eigencam"][i % 3])
     gc.collect()
     growth_mb = (psutil.Process().memory_info().rss - rss0) / 2**20
     assert hook_count() == before_hooks, "CAM hooks were left on the model"
@@ -127,7 +127,8 @@ def test_cam_releases_hooks_and_memory_stays_flat(tiny_predictor, scan_u8):
     assert growth_mb < 40, f"RSS grew by {growth_mb:.1f} MB over 150 CAM calls"
 
 
-def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_head(tiny_predictor, rng):
+def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_head(tiny_predictor, tiny_explainer,
+                                                                                    rng):
     """A weak class's map is not stretched to full colour: it is scaled by its raw strength against the
     predicted class's map, and zeroed outside the head."""
     from core.explain.cam import on_reading_scale
@@ -139,7 +140,7 @@ def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_
     pred, pre = tiny_predictor.predict(img)
     head = head_mask(pre, tiny_predictor.spec)
     assert head.shape == (240, 240) and head[120, 120] and not head[:10].any() and not head[:, :15].any()
-    maps = {t: compute_cams(tiny_predictor, [pre], [t], "gradcam")[0] for t in range(4)}
+    maps = {t: tiny_explainer.compute([pre], [t], "gradcam")[0] for t in range(4)}
     assert all(c.strength is not None and c.strength >= 0 for c in maps.values())
     ref = maps[pred.index]
     for t, cam in maps.items():
@@ -151,7 +152,7 @@ def test_unlikely_class_map_is_put_on_the_predicted_class_scale_and_kept_to_the_
         px, py = shown.peak_pixel()
         assert shown.heatmap.max() == 0 or head[py, px]  # the peak is inside the head
     # the library engine keeps no raw scale: the map is only masked
-    lib = compute_cams(tiny_predictor, [pre], [0], "gradcam", engine="library")[0]
+    lib = tiny_explainer.compute([pre], [0], "gradcam", engine="library")[0]
     assert lib.strength is None and on_reading_scale(lib, head, ref).scale == 1.0
 
 
@@ -159,7 +160,7 @@ def test_overlay_is_drawn_over_the_image_as_analysed(tiny_predictor):
     """A 12-bit slice in a 16-bit container: the overlay's grey is the preprocessing's window, not near black."""
     from core.io.display import analysed_window, grey_display
     from core.io.dicom import apply_display_window
-    from core.io.image import array_to_grey
+    from core.io.types import array_to_grey
     from core.preprocess import analysed_view, preprocess_decoded
     from core.data.synthetic import fake_scan
 

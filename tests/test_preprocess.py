@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.io.image import decode_image
+from core.io.decode import decode_image
 from core.preprocess import PreprocessSpec, map_to_original, preprocess
 
 SPEC = PreprocessSpec(image_size=96, mean=0.25, std=0.25)

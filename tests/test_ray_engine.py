@@ -104,12 +104,12 @@ def test_a_list_file_of_paths_and_uris_on_ray_gives_the_local_rows_and_shards(lo
 
 def test_the_bench_section_measures_both_parts_on_the_running_ray(local_ray, folder, tiny_predictor,
                                                                   tiny_bundle_dir):
-    """``bench.ray_section`` (small here): engine throughputs with identical rows, and the driver's RSS over a
+    """``bench.sections.ray`` (small here): engine throughputs with identical rows, and the driver's RSS over a
     generated list file; it uses the Ray this process is on and leaves it running."""
-    from bench.ray_section import section
+    from bench.sections.ray import ray_vs_local
 
     files = sorted(p for p in folder.rglob("*.png") if p.stat().st_size)[:12]
-    r = section(tiny_predictor, str(tiny_bundle_dir), files, batch_size=4, local_workers=(0,), rounds=1,
+    r = ray_vs_local(tiny_predictor, str(tiny_bundle_dir), files, batch_size=4, local_workers=(0,), rounds=1,
                 memory_files=60)
     assert r["engines"]["identical_rows"] and set(r["engines"]["images_per_s"]) == {"local, in-process", "ray"}
     mem = r["driver_memory"]

@@ -31,10 +31,10 @@ def test_shift_report_is_for_the_shipped_model():
 
     report = json.loads(readme_sections.SHIFT_REPORT.read_text())
     card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
-    from core.model.checkpoint import model_identity
+    from core.model.card import ModelCard
 
     # Weights, version and test-time augmentation: a re-fit (train.py --epochs 0) keeps the weights' SHA-256.
-    assert report["model"] == model_identity(card), "re-run `python -m tools.shift_eval`"
+    assert report["model"] == ModelCard.from_dict(card).identity, "re-run `python -m tools.shift_eval`"
     assert "none" in report["shifts"] and all(0 <= r["accuracy"] <= 1 for r in report["shifts"].values())
 
 
@@ -54,8 +54,10 @@ def test_make_reproduce_weights_runs_the_cards_commands():
                 out.append(w)
         return out
 
+    from core.model.card import ModelCard
+
     card = json.loads((readme_sections.WEIGHTS / "model_card.json").read_text())
-    recorded, _ = readme_sections._commands(card["training"])
+    recorded, _ = readme_sections._commands(ModelCard.from_dict(card).training)
     make = (readme_sections.REPO / "Makefile").read_text().split("reproduce-weights:", 1)[1].split("\n\n", 1)[0]
     steps = [line.strip().replace("$(PY)", "python") for line in make.splitlines()[1:] if line.startswith("\t")]
     # A default that changed after a step ran is pinned in the Makefile to what that step used (the step's

@@ -67,8 +67,8 @@ def test_picker_switches_every_page_to_the_chosen_model(registry, tmp_path, monk
 
 def test_cli_picks_a_model_by_name(registry, tmp_path, capsys):
     from app_support import make_labelled_folder
-    from core.review import folder as batch
-    from core.evaluation import evaluate
+    from core import batch
+    from core import evaluate
 
     folder = make_labelled_folder(tmp_path / "set", per_class=1, corrupt=False)
     out = tmp_path / "rows.csv"

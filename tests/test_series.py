@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from core.io.series import read_series
-from core.inference.study import SeriesRule, longest_run, review_series, slice_cam, summarise
+from core.io.read_series import read_series
+from core.inference.study import SeriesRule, longest_run, review_series, summarise
+from core.explain.study_cams import slice_cam
 from tests.study_support import (SECRETS, dicom_series, display_slices, enhanced_mr, localiser, nifti_bytes,
                                  synthetic_brain, zip_bytes)
 
@@ -197,7 +198,7 @@ def test_rule_and_summary():
     json.dumps(r.summary())
 
 
-def test_review_and_cam_on_tiny_model(tiny_predictor):
+def test_review_and_cam_on_tiny_model(tiny_predictor, tiny_explainer):
     s = _only(read_series(dicom_series(_dicom_volume()[1])))
     seen = []
     r = review_series(tiny_predictor, s, SeriesRule(2, 0.5), chunk=8, progress=lambda d, n: seen.append(d))
@@ -208,12 +209,12 @@ def test_review_and_cam_on_tiny_model(tiny_predictor):
     # Chunked and single-pass predictions agree (the last chunk is padded, not a new shape).
     r1 = review_series(tiny_predictor, s, SeriesRule(2, 0.5), chunk=64)
     np.testing.assert_allclose(r.probabilities, r1.probabilities, atol=1e-4)
-    cam, item = slice_cam(tiny_predictor, s, r, 9)
+    cam, item = slice_cam(tiny_explainer, s, r, 9)
     assert cam.heatmap.shape == s.plane_image(9).shape and 0 <= cam.heatmap.min() and cam.heatmap.max() <= 1
     assert not any(x in json.dumps(r.summary()) for x in SECRETS)
 
 
-def test_blank_slices_are_not_predicted_and_never_positive(tiny_predictor):
+def test_blank_slices_are_not_predicted_and_never_positive(tiny_predictor, tiny_explainer):
     vol = synthetic_brain((64, 64, 16))
     vol[:, :, :4] = 0.0  # empty slices below the head, as in a skull-stripped volume
     s = _only(read_series([("b.nii.gz", nifti_bytes(vol, np.eye(4)))]))
@@ -222,7 +223,7 @@ def test_blank_slices_are_not_predicted_and_never_positive(tiny_predictor):
     assert np.isnan(r.probabilities[:4]).all() and r.ood[:4].all() and not r.positive[:4].any()
     assert (r.tumour_prob[:4] == 0).all() and all("blank" in x for x in r.ood_reasons[:4])
     assert r.run is None or r.run[0] >= 4
-    cam, _ = slice_cam(tiny_predictor, s, r, 2)  # a blank slice can still be shown
+    cam, _ = slice_cam(tiny_explainer, s, r, 2)  # a blank slice can still be shown
     assert cam.heatmap.shape == s.plane_image(2).shape
 
 
@@ -235,7 +236,7 @@ def test_real_brats_volume_with_the_shipped_model_matches_the_record():
     from core.model.checkpoint import load_bundle
     from core.model.device import select_device
     from core.inference.predictor import Predictor
-    from core.io.series import read_paths
+    from core.io.read_series import read_paths
     from core.inference.study import RULE_FILE, load_rule, rule_model_sha256
 
     case = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "brats2013" / "brats2013_pat0005_1"
@@ -257,21 +258,21 @@ def test_real_brats_volume_with_the_shipped_model_matches_the_record():
     assert got[0] <= hi and got[1] >= lo  # overlaps the labelled tumour
 
 
-def test_slice_cams_keep_maps_and_compute_the_neighbours_ahead(tiny_predictor):
+def test_slice_cams_keep_maps_and_compute_the_neighbours_ahead(tiny_predictor, tiny_explainer):
     from core.explain.study_cams import SliceCams
 
     s = _only(read_series(dicom_series(_dicom_volume()[1])))
     r = review_series(tiny_predictor, s, SeriesRule(2, 0.5), chunk=8)
-    cams = SliceCams(tiny_predictor, s, r, "gradcam", limit=5)
+    cams = SliceCams(tiny_explainer, s, r, "gradcam", limit=5)
     assert cams.neighbours(0) == [1, 2, 3] and cams.neighbours(9) == [10, 8, 11, 7, 12, 6]
     cam, item = cams.get(9)
-    ref, _ = slice_cam(tiny_predictor, s, r, 9, "gradcam")
+    ref, _ = slice_cam(tiny_explainer, s, r, 9, "gradcam")
     np.testing.assert_array_equal(cam.heatmap, ref.heatmap)
     assert cams.get(9)[0] is cam  # kept: the second look computes nothing
     cams.prefetch(cams.neighbours(9, around=2))
     assert cams.wait(timeout=120)
     assert all(cams.cached(j) for j in (10, 8, 11, 7))
-    np.testing.assert_array_equal(cams.get(10)[0].heatmap, slice_cam(tiny_predictor, s, r, 10, "gradcam")[0].heatmap)
+    np.testing.assert_array_equal(cams.get(10)[0].heatmap, slice_cam(tiny_explainer, s, r, 10, "gradcam")[0].heatmap)
     cams.prefetch([0, 1, 2])  # over the limit of 5: the least recently shown are dropped
     assert cams.wait(timeout=120)
     assert cams.cached(2) and not cams.cached(9)

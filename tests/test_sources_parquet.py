@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from app_support import make_labelled_folder
-from core.review.folder import csv_columns, main, run_batch
+from core.batch import main
+from core.review.folder import csv_columns, run_batch
 from ray_support import REPO, shard_rows_as_csv_text
 
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")

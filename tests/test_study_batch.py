@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.io.series import read_series
+from core.io.read_series import read_series
 from core.inference.study import predict_series, slice_inputs
 from core.review.studies import SERIES_COLUMNS, count_study_inputs, iter_study_inputs, run_studies, slice_columns
 from tests.study_support import (SECRETS, dicom_series, display_slices, enhanced_mr, nifti_bytes, synthetic_brain,
@@ -89,7 +89,7 @@ def test_folder_of_studies_gives_a_row_per_series_and_a_slice_csv(tiny_predictor
 
 
 def test_the_rows_are_what_the_study_page_shows(tiny_predictor, studies, tmp_path):
-    from core.io.series import read_paths
+    from core.io.read_series import read_paths
     from core.inference.study import load_rule, review_series
 
     rows = list(run_studies(tiny_predictor, studies / "p1", tmp_path / "s.csv", chunk=8))
@@ -131,7 +131,7 @@ def test_outside_the_allowed_roots_is_refused(tiny_predictor, studies, tmp_path)
 
 
 def test_cli_detects_a_folder_of_studies(tiny_bundle_dir, studies, tmp_path, capsys):
-    from core.review import folder as batch
+    from core import batch
 
     out = tmp_path / "cli.csv"
     assert count_study_inputs(studies) == 6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.inference.calibration import fit_temperature, reliability, softmax
-from core.evaluation.evaluate import main as evaluate_main
+from core.evaluate import main as evaluate_main
 from core.evaluation.metrics import evaluate_predictions, missed_findings, no_finding_classes
 from tests.conftest import REPO
 

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.model.checkpoint import load_bundle
     from core.model.device import select_device
     from core.inference.predictor import Predictor
-    from core.io.series import read_paths
+    from core.io.read_series import read_paths
 
     torch.set_num_threads(2)
     data_root, spec = Path(args.data_root), json.loads(Path(args.spec).read_text())

@@ -20,9 +20,14 @@ import json
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.data.dataset import FileRecord
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "reports" / "kaggle_ct_audit.json"
@@ -101,7 +106,8 @@ def contact_sheets(images: np.ndarray, names: list[str], out_dir: Path, per_shee
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every option of ``python -m tools.ct_audit``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                    help="folder holding brain-tumor-mri/ and the other sources of the data spec")
@@ -117,13 +123,134 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sheet-count", type=int, default=200)
     p.add_argument("--shifts", action="store_true",
                    help="also measure the gate on every Kaggle Testing file under each shift of tools.shift_eval")
-    args = p.parse_args(argv)
+    return p
+
+
+@dataclass
+class Slices:
+    """Every slice of every declared source, index-aligned, and the five CT-gate measures of each."""
+
+    group: np.ndarray  # str (N,): the source's name, or "kaggle <Training|Testing> <CT|MRI>" for Kaggle slices
+    keys: list[str]  # Kaggle: relative to the brain-tumor-mri folder (kaggle_key); others: "<source>/<path>"
+    images: list[np.ndarray]  # uint8 (S, S) cached head crops: the model's input rounded to 8 bits
+    kaggle: list[tuple[str, FileRecord]]  # (key, record) of every Kaggle slice
+    measures: dict[str, np.ndarray]  # float (N,) per measure of core.inference.ood.CT_RULE
+    margin: np.ndarray  # float (N,): core.inference.ood.skull_ring's margin; the gate flags >= 1
+
+    @property
+    def is_ct(self) -> np.ndarray:
+        """bool (N,): the slices labelled CT by eye, in either Kaggle split."""
+        is_ct = self.group == "kaggle Training CT"
+        is_ct |= self.group == "kaggle Testing CT"
+        return is_ct
+
+
+def measure_slices(sources, labels: dict[str, str]) -> Slices:
+    """Group, key and the five gate measures of every slice of every source (on the cached uint8 head crop: the
+    model's input rounded to 8 bits, the same rounding the gate applies to a float crop). Stops when a labelled
+    file is not in the data."""
+    from core.inference.ood import CT_RULE, skull_ring
+
+    group, keys, kg_records, images = [], [], [], []
+    for src in sources:
+        for r, fixed, img in zip(src.records, src.fixed_test, src.images):
+            if src.spec.name == "kaggle":
+                key = kaggle_key(bool(fixed), r.path)
+                lab = labels.get(key, "MRI (not reviewed)")
+                group.append(f"kaggle {SPLITS[int(bool(fixed))]} {'CT' if lab == 'CT' else 'MRI'}")
+                kg_records.append((key, r))
+            else:
+                key = f"{src.spec.name}/{r.path}"
+                group.append(src.spec.name)
+            keys.append(key)
+            images.append(img)
+    missing = sorted(set(labels) - set(keys))
+    if missing:
+        raise SystemExit(f"{len(missing)} labelled files are not in the data (first: {missing[0]})")
+    ring = [skull_ring(im) for im in images]
+    measures = {k: np.array([getattr(s, k) for s in ring]) for k in CT_RULE}
+    return Slices(np.array(group), keys, images, kg_records, measures, np.array([s.margin() for s in ring]))
+
+
+def ct_files_summary(kg_records: list[tuple[str, FileRecord]], labels: dict[str, str]) -> dict:
+    """The CT files per split and class, and their near-duplicate groups (the data audit's own relation: SHA-256
+    or head-crop pHash): distinct slices, and Testing files with a copy in Training."""
+    from core.evaluation.data_audit import duplicate_groups
+
+    kg_groups = duplicate_groups([r for _, r in kg_records])
+    ct_group = {k: g for (k, _), g in zip(kg_records, kg_groups) if labels.get(k) == "CT"}
+    train_groups = {g for (k, _), g in zip(kg_records, kg_groups) if k.startswith("Training/")}
+    per_split: dict[str, dict[str, int]] = {}
+    for k in sorted(ct_group):
+        split, cls = k.split("/")[:2]
+        per_split.setdefault(split, Counter())[cls] += 1
+    return {
+        "files": len(ct_group),
+        "per_split": {s: dict(sorted(c.items())) for s, c in per_split.items()},
+        "distinct_slices": len(set(ct_group.values())),
+        "testing_files_with_copy_in_training": sum(1 for k, g in ct_group.items()
+                                                   if k.startswith("Testing/") and g in train_groups),
+    }
+
+
+def gate_report(slices: Slices) -> dict:
+    """The gate's rule as the declared choice gives it (vs the shipped one), what it flags per group, and how its
+    CT score separates the CT slices from each group's MRI slices."""
+    from core.inference.ood import CT_REASON, CT_RULE
+
+    group, keys, m, margin, is_ct = slices.group, slices.keys, slices.measures, slices.margin, slices.is_ct
+    gate = margin >= 1.0
+    rule = choose_rule({k: v[group == "kaggle Training CT"] for k, v in m.items()},
+                       {k: v[group == "kaggle Training MRI"] for k, v in m.items()},
+                       {k: op for k, (op, _) in CT_RULE.items()})
+    per_group = {}
+    for g in ["kaggle Training CT", "kaggle Testing CT", "kaggle Training MRI", "kaggle Testing MRI",
+              "feltrin", "brats", "healthy"]:
+        sel = group == g
+        per_group[g] = {"slices": int(sel.sum()), "flagged": int(gate[sel].sum()),
+                        "rate": round(float(gate[sel].mean()), 5) if sel.any() else None}
+    return {
+        "function": "core.inference.ood.ct_gate (five measures: core.inference.ood.skull_ring; rule: core.inference.ood.CT_RULE)",
+        "reason": CT_REASON,
+        "rule_shipped": {k: list(v) for k, v in CT_RULE.items()},
+        "rule_from_declared_choice": {k: list(v) for k, v in rule.items()},
+        "rule_reproduced": rule == CT_RULE,
+        "per_group": per_group,
+        "false_flag_rate_held_out": {g: per_group[g]["rate"] for g in
+                                     HELD_OUT},
+        "ct_missed": [keys[i] for i in np.nonzero(~gate & is_ct)[0]],
+        "mri_flagged": [keys[i] for i in np.nonzero(gate & ~is_ct)[0]],
+        "auroc_ct_score": {g: auroc(margin[is_ct], margin[group == g])
+                           for g in ("kaggle Training MRI", "kaggle Testing MRI", "feltrin", "brats", "healthy")},
+        "ct_measures_range": {k: [round(float(v[is_ct].min()), 3), round(float(v[is_ct].max()), 3)]
+                              for k, v in m.items()},
+    }
+
+
+def print_summary(out: dict) -> None:
+    """The report's headline figures (the full report is in the file)."""
+    print(json.dumps({k: out[k] for k in ("non_mri",)}, indent=1))
+    print(json.dumps({k: out["gate"][k] for k in ("rule_reproduced", "per_group", "auroc_ct_score")}, indent=1))
+    if "model" in out:
+        print(json.dumps({k: v for k, v in out["model"].items() if k != "ct_files"}, indent=1))
+
+
+def write_sheets(slices: Slices, labels: dict[str, str], out_dir: str, count: int) -> None:
+    """Contact sheets of the ``count`` unlabelled Kaggle slices the CT score ranks highest, for review by eye."""
+    order = [i for i in np.argsort(-slices.margin) if slices.group[i].startswith("kaggle")
+             and slices.keys[i] not in labels]
+    order = order[:count]
+    sheets = contact_sheets(np.stack([slices.images[i] for i in order]), [slices.keys[i] for i in order],
+                            Path(out_dir))
+    print(f"{len(sheets)} contact sheets in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 
-    from core.evaluation.data_audit import duplicate_groups
     from core.data.spec import DataSpec
-    from core.inference.ood import CT_REASON, CT_RULE, skull_ring
     from core.preprocess import PreprocessSpec
     from core.data.sources import index_sources
 
@@ -134,86 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     labels: dict[str, str] = {e["path"]: e["label"] for e in old["labels"]}
     data = DataSpec.load(args.data_spec)
     sources = index_sources(data, args.data_root, PreprocessSpec(), args.cache_dir, args.workers)
-    names = list(CT_RULE)
-    ops = {k: op for k, (op, _) in CT_RULE.items()}
-
-    # Every slice of every source: its group, its key, its five measures (on the cached uint8 head crop: the
-    # model's input rounded to 8 bits, the same rounding the gate applies to a float crop).
-    group, keys, label_of, kg_records, images = [], [], [], [], []
-    for src in sources:
-        for r, fixed, img in zip(src.records, src.fixed_test, src.images):
-            if src.spec.name == "kaggle":
-                key = kaggle_key(bool(fixed), r.path)
-                lab = labels.get(key, "MRI (not reviewed)")
-                group.append(f"kaggle {SPLITS[int(bool(fixed))]} {'CT' if lab == 'CT' else 'MRI'}")
-                kg_records.append((key, r))
-            else:
-                key, lab = f"{src.spec.name}/{r.path}", "MRI"
-                group.append(src.spec.name)
-            keys.append(key)
-            label_of.append(lab)
-            images.append(img)
-    missing = sorted(set(labels) - set(keys))
-    if missing:
-        raise SystemExit(f"{len(missing)} labelled files are not in the data (first: {missing[0]})")
-    group = np.array(group)
-    ring = [skull_ring(im) for im in images]
-    m = {k: np.array([getattr(s, k) for s in ring]) for k in names}
-    margin = np.array([s.margin() for s in ring])
-    gate = margin >= 1.0
-    print(f"measured {len(ring)} slices in {time.time() - t0:.0f} s", flush=True)
-
-    rule = choose_rule({k: v[group == "kaggle Training CT"] for k, v in m.items()},
-                       {k: v[group == "kaggle Training MRI"] for k, v in m.items()}, ops)
-    is_ct = group == "kaggle Training CT"
-    is_ct |= group == "kaggle Testing CT"
-
-    per_group = {}
-    for g in ["kaggle Training CT", "kaggle Testing CT", "kaggle Training MRI", "kaggle Testing MRI",
-              "feltrin", "brats", "healthy"]:
-        sel = group == g
-        per_group[g] = {"slices": int(sel.sum()), "flagged": int(gate[sel].sum()),
-                        "rate": round(float(gate[sel].mean()), 5) if sel.any() else None}
-    flagged_mri = [keys[i] for i in np.nonzero(gate & ~is_ct)[0]]
-    missed_ct = [keys[i] for i in np.nonzero(~gate & is_ct)[0]]
-
-    # Near-duplicate groups among the CT files (the audit's own relation: SHA-256 or head-crop pHash).
-    kg_groups = duplicate_groups([r for _, r in kg_records])
-    ct_group = {k: g for (k, _), g in zip(kg_records, kg_groups) if labels.get(k) == "CT"}
-    train_groups = {g for (k, _), g in zip(kg_records, kg_groups) if k.startswith("Training/")}
-    per_split: dict[str, dict[str, int]] = {}
-    for k in sorted(ct_group):
-        split, cls = k.split("/")[:2]
-        per_split.setdefault(split, Counter())[cls] += 1
-    ct_summary = {
-        "files": len(ct_group),
-        "per_split": {s: dict(sorted(c.items())) for s, c in per_split.items()},
-        "distinct_slices": len(set(ct_group.values())),
-        "testing_files_with_copy_in_training": sum(1 for k, g in ct_group.items()
-                                                   if k.startswith("Testing/") and g in train_groups),
-    }
+    slices = measure_slices(sources, labels)
+    print(f"measured {len(slices.keys)} slices in {time.time() - t0:.0f} s", flush=True)
 
     out = {k: v for k, v in old.items() if k not in ("measured", "labels")}
-    out["non_mri"] = {"CT": ct_summary, "other": sum(1 for v in labels.values() if v not in ("CT", "MRI"))}
-    out["gate"] = {
-        "function": "core.inference.ood.ct_gate (five measures: core.inference.ood.skull_ring; rule: core.inference.ood.CT_RULE)",
-        "reason": CT_REASON,
-        "rule_shipped": {k: list(v) for k, v in CT_RULE.items()},
-        "rule_from_declared_choice": {k: list(v) for k, v in rule.items()},
-        "rule_reproduced": rule == CT_RULE,
-        "per_group": per_group,
-        "false_flag_rate_held_out": {g: per_group[g]["rate"] for g in
-                                     HELD_OUT},
-        "ct_missed": missed_ct,
-        "mri_flagged": flagged_mri,
-        "auroc_ct_score": {g: auroc(margin[is_ct], margin[group == g])
-                           for g in ("kaggle Training MRI", "kaggle Testing MRI", "feltrin", "brats", "healthy")},
-        "ct_measures_range": {k: [round(float(v[is_ct].min()), 3), round(float(v[is_ct].max()), 3)]
-                              for k, v in m.items()},
-    }
-
+    out["non_mri"] = {"CT": ct_files_summary(slices.kaggle, labels),
+                      "other": sum(1 for v in labels.values() if v not in ("CT", "MRI"))}
+    out["gate"] = gate_report(slices)
     if not args.no_model:
-        out["model"] = measure_model(args, sources, images, group, labels, is_ct)
+        out["model"] = measure_model(args, sources, slices.images, slices.group, labels, slices.is_ct)
     if args.shifts:
         out["gate_under_shifts"] = gate_under_shifts(Path(args.data_root) / KAGGLE / SPLITS[1], labels)
     out.pop("runtime_s", None)
@@ -221,16 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                        else "measured", "gate_under_shifts": "measured" if args.shifts else "kept from an earlier run"}
     out["labels"] = [{"path": k, "label": v} for k, v in sorted(labels.items())]
     report_path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: out[k] for k in ("non_mri",)}, indent=1))
-    print(json.dumps({k: out["gate"][k] for k in ("rule_reproduced", "per_group", "auroc_ct_score")}, indent=1))
-    if "model" in out:
-        print(json.dumps({k: v for k, v in out["model"].items() if k != "ct_files"}, indent=1))
-
+    print_summary(out)
     if args.sheets:
-        order = [i for i in np.argsort(-margin) if group[i].startswith("kaggle") and keys[i] not in labels]
-        order = order[:args.sheet_count]
-        sheets = contact_sheets(np.stack([images[i] for i in order]), [keys[i] for i in order], Path(args.sheets))
-        print(f"{len(sheets)} contact sheets in {args.sheets}")
+        write_sheets(slices, labels, args.sheets, args.sheet_count)
     return 0
 
 
@@ -238,7 +287,7 @@ def gate_under_shifts(root: Path, labels: dict[str, str]) -> dict:
     """The gate on every Testing file changed in each way ``tools.shift_eval`` changes them: CT slices still
     flagged, MRI slices newly flagged."""
     from core.errors import ImageLoadError
-    from core.io.image import decode_image
+    from core.io.decode import decode_image
     from core.inference.ood import ct_gate
     from core.preprocess import PreprocessSpec, preprocess
     from tools.shift_eval import SHIFTS
@@ -295,7 +344,7 @@ def measure_model(args, sources, images, group, labels, is_ct) -> dict:
     scores = np.concatenate(scores)
     conf = np.array([r["confidence"] for r in rows])
     return {
-        "model": {"sha256": bundle.sha256[:12], "version": bundle.card.get("version"),
+        "model": {"sha256": bundle.sha256[:12], "version": bundle.card.version,
                   "precision": pred.precision, "tta": pred.tta},
         "ct_predicted_class": dict(Counter(r["predicted"] for r in rows)),
         "ct_confident": int((conf >= confident_at).sum()),

@@ -20,38 +20,38 @@ import json
 import sys
 from pathlib import Path
 
-from core.model.checkpoint import kept_validation
+from core.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "reports" / "experiments.json"
 
 
-def _load(folder: Path) -> tuple[dict, dict]:
-    return (json.loads((folder / "model_card.json").read_text()), json.loads((folder / "metrics.json").read_text()))
+def _load(folder: Path) -> tuple[ModelCard, dict]:
+    return (ModelCard.from_dict(json.loads((folder / "model_card.json").read_text())),
+            json.loads((folder / "metrics.json").read_text()))
 
 
 def _fmt(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def _label(card: dict) -> str:
-    arch = card["architecture"]
-    start = "ImageNet start" if arch.get("pretrained") else "from scratch"
-    left = card.get("data", {}).get("left_out") or []
-    return (f"`{arch['name']}`, {start}" + (f", without {', '.join(left)}" if left else "")
-            + f" (`{card['weights']['sha256'][:8]}…`)")
+def _label(card: ModelCard) -> str:
+    arch = card.architecture
+    start = "ImageNet start" if arch.pretrained else "from scratch"
+    left = card.data.left_out
+    return (f"`{arch.name}`, {start}" + (f", without {', '.join(left)}" if left else "")
+            + f" (`{card.weights.sha256[:8]}…`)")
 
 
-def _selection(card: dict) -> tuple[float | None, dict, int | None, float]:
+def _selection(card: ModelCard) -> tuple[float | None, dict, int | None, float]:
     """How the model's weights were chosen: (selection score of the kept epoch, that epoch's validation row,
     epochs trained, training seconds). A re-fit (``--epochs 0``) reports its parent's, which it keeps."""
-    tr = card.get("training", {})
-    kept = kept_validation(tr)
-    if not tr.get("epochs_run") and tr.get("init_from"):
-        parent = tr["init_from"]
-        return (kept.get("score"), kept, parent.get("epochs_run"),
-                (parent.get("duration_s") or 0) + (tr.get("duration_s") or 0))
-    return kept.get("score"), kept, tr.get("epochs_run"), tr.get("duration_s") or 0
+    tr = card.training
+    kept = tr.kept_validation()
+    if not tr.epochs_run and tr.init_from:
+        parent = tr.init_from
+        return kept.get("score"), kept, parent.epochs_run, (parent.duration_s or 0) + (tr.duration_s or 0)
+    return kept.get("score"), kept, tr.epochs_run, tr.duration_s or 0
 
 
 def _det(metrics: dict, key: str, field: str):
@@ -71,10 +71,10 @@ def _det(metrics: dict, key: str, field: str):
 def leave_one_out(shipped: Path, loso: Path) -> dict:
     card_s, met_s = _load(shipped)
     card_l, met_l = _load(loso)
-    left = card_l.get("data", {}).get("left_out") or []
+    left = card_l.data.left_out
     if len(left) != 1:
         raise ValueError(f"{loso} was not trained with exactly one --leave-out source (got {left})")
-    if card_l["data"]["spec_sha256"] != card_s["data"]["spec_sha256"]:
+    if card_l.data.spec_sha256 != card_s.data.spec_sha256:
         raise ValueError("the two models were trained from different data specs: their held-out parts differ")
     src = left[0]
     key = f"{src}_test"
@@ -83,7 +83,7 @@ def leave_one_out(shipped: Path, loso: Path) -> dict:
     columns = (["tumour sensitivity"] + [f"sensitivity {q}" for q in sequences]
                + ["specificity", "other lesions → no tumour", "accuracy", "confident misses", "epochs"])
 
-    def cells(card: dict, m: dict) -> list[str]:
+    def cells(card: ModelCard, m: dict) -> list[str]:
         d = m["sets"][key].get("detection") or {}
         by_seq = d.get("by_sequence") or {}
         return ([_fmt(_det(m, key, "sensitivity"))] + [_fmt((by_seq.get(q) or {}).get("sensitivity")) for q in sequences]
@@ -96,7 +96,7 @@ def leave_one_out(shipped: Path, loso: Path) -> dict:
                  "source, neither for training nor for choosing the epoch (same data spec, seed and split; its "
                  "schedule is in the epochs column). Its figures on the same held-out part are the honest estimate "
                  "for a site the model has never seen; the shipped model, which trained on the source's other parts, "
-                 f"is beside it. Command: `{card_l['training']['command']}`."),
+                 f"is beside it. Command: `{card_l.training.command}`."),
         "columns": columns,
         "rows": [{"model": f"{_label(card_l)}: **never saw {src}**", "cells": cells(card_l, met_l)},
                  {"model": f"{_label(card_s)}: shipped", "cells": cells(card_s, met_s)}],
@@ -105,14 +105,14 @@ def leave_one_out(shipped: Path, loso: Path) -> dict:
 
 def candidates(shipped: Path, others: list[Path]) -> dict:
     runs = [(shipped, *_load(shipped))] + [(p, *_load(p)) for p in others]
-    spec_sha = runs[0][1]["data"]["spec_sha256"]
-    sources = [s["name"] for s in runs[0][1]["data"]["spec"]["sources"]]
+    spec_sha = runs[0][1].data.spec_sha256
+    sources = [s["name"] for s in runs[0][1].data.spec["sources"]]
     columns = ["validation selection score"] + [f"validation macro-F1 {s}" for s in sources] + [
         "held-out: Feltrin sensitivity", "BraTS sensitivity", "Kaggle Testing accuracy", "pointing game",
         "epochs", "training time"]
     rows = []
     for path, card, metrics in runs:
-        if card["data"]["spec_sha256"] != spec_sha:
+        if card.data.spec_sha256 != spec_sha:
             raise ValueError(f"{path} was trained from another data spec")
         score, best, epochs, seconds = _selection(card)
         rows.append({"model": _label(card) + (": shipped" if path == shipped else ""), "cells": [
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         experiments = [leave_one_out(shipped, Path(x)) for x in args.leave_one_out]
         if args.compare:
             experiments.append(candidates(shipped, [Path(x) for x in args.compare]))
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     card, _ = _load(shipped)
-    report = {"shipped": card["weights"]["sha256"], "experiments": experiments}
+    report = {"shipped": card.weights.sha256, "experiments": experiments}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out} ({len(experiments)} experiment(s))")

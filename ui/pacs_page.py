@@ -148,9 +148,9 @@ def _retrieve_and_review(ctx, pacs: PacsConfig, user: str, study_uid: str, hit) 
         review = wf.review(predictor, retrieved,
                            progress=lambda done, n: bar.progress(done / n, text=f"Predicted {done} of {n} slices"))
         bar.empty()
-        method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
+        method = predictor.bundle.card.explanation.method or "gradcam"
         with st.spinner("Drawing the key slices' heatmaps…"):
-            key_overlays = wf.overlays(predictor, retrieved, review, method)
+            key_overlays = wf.overlays(ctx.explainer, retrieved, review, method)
     except (PacsError, wf.ReviewError) as exc:
         st.error(f"**The series could not be reviewed.** {exc}", icon=":material/broken_image:")
         return
@@ -202,7 +202,7 @@ def _pdf(ctx, pr: PacsReview) -> bytes:
 
 def _slice_view(ctx, pr: PacsReview) -> None:
     from core.explain.cam import overlay
-    from core.inference.study import slice_cam
+    from core.explain.study_cams import slice_cam
 
     r = pr.review
     first = pr.key_overlays[0][0] if pr.key_overlays else r.n_slices // 2
@@ -210,7 +210,7 @@ def _slice_view(ctx, pr: PacsReview) -> None:
                       key=f"pacs_slice_{pr.retrieved.series.key[:12]}") - 1
     if shown not in pr.cams:
         try:
-            cam, item = slice_cam(ctx.predictor, pr.retrieved.series, r, shown, pr.method)
+            cam, item = slice_cam(ctx.explainer, pr.retrieved.series, r, shown, pr.method)
             pr.cams[shown] = overlay(item, cam.heatmap)
         except Exception as exc:  # noqa: BLE001
             st.error(f"The heatmap could not be computed ({type(exc).__name__}: {exc}).", icon=":material/error:")

@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass, field
 
 from core.io.dicom import DicomDisplay
-from core.io.image import DEFAULT_LIMITS, DecodeLimits, decode_bytes
+from core.io.decode import decode_bytes
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.inference.predictor import Prediction, Predictor
+from core.explain.cam import CamResult, Explainer
 from core.preprocess import Preprocessed, PreprocessSpec, head_mask
 
 
@@ -130,13 +132,11 @@ def analyse_bytes(predictor: Predictor, data: bytes, name: str, limits: DecodeLi
     return Analysis(name, hashlib.sha256(data).hexdigest(), len(data), pred, pre, decoded.display)
 
 
-def explain(predictor: Predictor, analysis: Analysis, method: str, target: int | None):
+def explain(explainer: Explainer, analysis: Analysis, method: str, target: int | None) -> CamResult:
     """Grad-CAM family heatmap for ``target`` (None: predicted class), memoised on the analysis.
-    Goes through ``core.explain.cam.compute_cams``, which holds the predictor's lock."""
-    from core.explain.cam import compute_cams
-
+    Goes through ``explainer`` (the process's one for the loaded model), which holds its lock."""
     t = analysis.prediction.index if target is None else int(target)
     key = (method, t)
     if key not in analysis.cams:
-        analysis.cams[key] = compute_cams(predictor, [analysis.pre], [t], method)[0]
+        analysis.cams[key] = explainer.compute([analysis.pre], [t], method)[0]
     return analysis.cams[key]

@@ -16,6 +16,7 @@ from core.model.checkpoint import CARD_FILE, load_bundle
 from core.model.device import select_device
 from core.errors import CheckpointError
 from core.inference.predictor import Predictor
+from core.explain.cam import Explainer
 from core.model.registry import list_models
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
@@ -28,6 +29,7 @@ _CTX_KEY = "_app_ctx"
 class AppContext:
     config: AppConfig
     predictor: Predictor
+    explainer: Explainer  # the predictor's heatmaps, one per loaded model per process (shares its lock)
     audit: AuditTrail | None
     uncertain_below: float
     upload_limit_mb: int
@@ -72,6 +74,15 @@ def load_predictor(weights_dir: str, device: str, precision: str, stamp: tuple) 
     # scan's time: compare the bench's "Single scan, cold" with "cold, after Predictor.warmup() at load".
     predictor.warmup()
     return predictor
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=4)
+def load_explainer(weights_dir: str, device: str, precision: str, stamp: tuple) -> Explainer:
+    """The heatmap engine of :func:`load_predictor`'s predictor (same cache key): one per loaded model per
+    process, so every session's heatmaps share its lock (and, for the library engine, its model copy)."""
+    explainer = Explainer(load_predictor(weights_dir, device, precision, stamp))
+    explainer.warmup()  # one dummy heatmap at load, as for the predictor: the first real one is not cold
+    return explainer
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -148,7 +159,8 @@ def bootstrap() -> AppContext:
         st.stop()
     weights = pick_model(Path(config.weights_dir))
     try:
-        predictor = load_predictor(str(weights), config.device, config.precision, _file_stamp(weights))
+        explainer = load_explainer(str(weights), config.device, config.precision, _file_stamp(weights))
+        predictor = explainer.predictor  # load_predictor's, cached under the same key
     except CheckpointError as exc:
         st.sidebar.error("No model loaded.", icon=":material/error:")
         st.error(f"**The model could not be loaded, so no predictions can be made.**\n\n{exc}\n\n"
@@ -172,7 +184,7 @@ def bootstrap() -> AppContext:
         audit = get_audit(str(config.audit_path))
     except Exception as exc:  # noqa: BLE001 - an unwritable data folder must not take the app down
         slot.error(f"Audit trail unavailable ({exc}); predictions are not being logged.")
-    ctx = AppContext(config, predictor, audit, float(threshold), upload_limit_mb(), slot, weights)
+    ctx = AppContext(config, predictor, explainer, audit, float(threshold), upload_limit_mb(), slot, weights)
     show_audit_count(ctx)
     with st.sidebar:
         batch_progress_line()

@@ -48,7 +48,7 @@ def slice_cams(ctx, series: Series, review: SeriesReview, method: str, target: i
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    return _remember(cache, key, SliceCams(ctx.predictor, series, review, method, target), MAX_CAM_SETS)
+    return _remember(cache, key, SliceCams(ctx.explainer, series, review, method, target), MAX_CAM_SETS)
 
 
 def _strip(series: Series, review: SeriesReview, model_sha: str, k: int):
@@ -94,7 +94,7 @@ def slice_viewer(ctx, series: Series, review: SeriesReview, plane: str) -> None:
 
     # -- the shown slice: image and heatmap, computed when shown (or ahead, for the neighbours) -----------------
     k1, k2, k3, k4 = st.columns([1.2, 1, 1, 0.8])
-    card_method = (ctx.predictor.bundle.card.get("explanation") or {}).get("method")
+    card_method = ctx.predictor.bundle.card.explanation.method
     methods = list(CAM_METHODS)
     method = k1.selectbox("CAM method", methods, key="study_cam_method",
                           index=methods.index(card_method) if card_method in methods else methods.index("gradcam"),

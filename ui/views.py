@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.model.checkpoint import model_identity
+from core.model.card import ModelCard
 from core.errors import ImageLoadError
 from core.evaluation.metrics import missed_findings
-from core.inference.predictor import Predictor
+from core.explain.cam import Explainer, overlay
 from core.preprocess import analysed_view, preprocess
 from ui import charts
 from ui.imaging import grey_to_rgb, png_bytes, thumbnail, to_uint8
@@ -49,23 +49,21 @@ Peak = tuple[float, float]
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model_sha: str, opacity: float,
-            colormap: str, side: int, _predictor: Predictor) -> list[tuple[bytes | str, Peak | None]]:
+            colormap: str, side: int, _explainer: Explainer) -> list[tuple[bytes | str, Peak | None]]:
     """Per file: a PNG thumbnail (with a heatmap overlay for the predicted class when ``cam_method``) or an
     error message, and the heatmap's peak (x, y as fractions of the original image; None without heatmap)."""
     del stamps, model_sha  # cache key only
-    from core.explain.cam import compute_cams, overlay
-
     items, slots, out = [], [], []
     for i, p in enumerate(paths):
         try:
-            items.append(preprocess(p, _predictor.spec))
+            items.append(preprocess(p, _explainer.predictor.spec))
             slots.append(i)
             out.append((b"", None))
         except ImageLoadError as exc:
             out.append((str(exc), None))
         except Exception as exc:  # noqa: BLE001 - one bad file must not break the gallery
             out.append((f"{Path(p).name}: {type(exc).__name__}: {exc}", None))
-    cams = compute_cams(_predictor, items, None, cam_method) if (cam_method and items) else [None] * len(items)
+    cams = _explainer.compute(items, None, cam_method) if (cam_method and items) else [None] * len(items)
     for i, item, cam in zip(slots, items, cams):
         img = (overlay(item, cam.heatmap, opacity, colormap) if cam is not None
                else grey_to_rgb(to_uint8(analysed_view(item))))  # the contrast the model saw
@@ -73,7 +71,7 @@ def _thumbs(paths: tuple[str, ...], stamps: tuple, cam_method: str | None, model
     return out
 
 
-def thumbnails_with_peaks(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
+def thumbnails_with_peaks(explainer: Explainer, paths: Sequence[str | Path], cam_method: str | None = None,
                           opacity: float = 0.45, colormap: str = "jet",
                           side: int = THUMB_SIDE) -> tuple[list[bytes | str], list[Peak | None]]:
     """Thumbnails for one gallery page and, per file, the peak of its heatmap for the predicted class (None
@@ -81,18 +79,18 @@ def thumbnails_with_peaks(predictor: Predictor, paths: Sequence[str | Path], cam
     (the page still renders)."""
     ps = tuple(str(p) for p in paths)
     try:
-        out = _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, predictor.bundle.sha256, float(opacity),
-                      colormap, int(side), predictor)
+        out = _thumbs(ps, tuple(_stamp(p) for p in ps), cam_method, explainer.predictor.bundle.sha256,
+                      float(opacity), colormap, int(side), explainer)
     except Exception as exc:  # noqa: BLE001 - e.g. a CAM failure; never a traceback in the page
         return [f"thumbnail failed ({type(exc).__name__}: {exc})"] * len(ps), [None] * len(ps)
     return [img for img, _ in out], [peak for _, peak in out]
 
 
-def thumbnails(predictor: Predictor, paths: Sequence[str | Path], cam_method: str | None = None,
+def thumbnails(explainer: Explainer, paths: Sequence[str | Path], cam_method: str | None = None,
                opacity: float = 0.45, colormap: str = "jet", side: int = THUMB_SIDE) -> list[bytes | str]:
     """Thumbnails for one gallery page; on an unexpected failure, an error message per image
     (the page still renders)."""
-    return thumbnails_with_peaks(predictor, paths, cam_method, opacity, colormap, side)[0]
+    return thumbnails_with_peaks(explainer, paths, cam_method, opacity, colormap, side)[0]
 
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=16)
@@ -299,39 +297,38 @@ def non_mri_view(report: dict) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="audit_non_mri")
 
 
-def model_card_view(card: dict) -> None:
-    arch = card.get("architecture", {})
-    training = card.get("training", {})
+def model_card_view(card: ModelCard) -> None:
+    arch, training, spec = card.architecture, card.training, card.input_spec
     c = st.columns(4)
-    c[0].metric("Architecture", str(arch.get("name", "?")))
-    params = arch.get("parameters")
+    c[0].metric("Architecture", arch.name or "?")
+    params = arch.parameters
     c[1].metric("Parameters", f"{params / 1e6:.2f} M" if isinstance(params, (int, float)) else "?")
-    c[2].metric("Input", f"{card.get('input_spec', {}).get('image_size', '?')} px, "
-                         f"{card.get('input_spec', {}).get('channels', '?')} ch")
-    c[3].metric("Temperature", f"{card.get('calibration', {}).get('temperature', float('nan')):.3g}")
-    st.markdown(f"**Intended use.** {card.get('intended_use', '–')}")
-    if model_identity(card)["tta"] == "hflip":
+    c[2].metric("Input", f"{spec.image_size if spec else '?'} px, {spec.channels if spec else '?'} ch")
+    c[3].metric("Temperature", f"{card.calibration.temperature:.3g}")
+    st.markdown(f"**Intended use.** {'–' if card.intended_use is None else card.intended_use}")
+    if card.inference.tta == "hflip":
         st.markdown("**Test-time augmentation.** Each slice is predicted together with its left-right mirror and "
                     "the two are averaged, so a mirrored slice gets the same probabilities. The heatmap is "
                     "computed on the slice as given.")
     st.markdown("**Training command**")
-    st.code(training.get("command", "–"), language="bash")
-    fp = training.get("data_fingerprint") or {}
+    st.code("–" if training.command is None else training.command, language="bash")
+    fp = training.data_fingerprint
     if fp:
         st.markdown("**Data fingerprint** (SHA-256 over the file list and contents of each split)")
         st.dataframe(pd.DataFrame({"split": list(fp), "fingerprint": list(fp.values())}), hide_index=True,
                      width="stretch", key="card_fingerprint")
-    facts = {k: training.get(k) for k in ("seed", "device", "epochs_run", "best_epoch", "best_weights", "train_files",
-                                          "val_files")
-             if training.get(k) is not None}
-    if training.get("epochs_run") == 0 and training.get("init_from"):
-        facts = {"seed": training.get("seed"),
-                 "weights": f"unchanged from {str(training['init_from'].get('sha256', '?'))[:12]}… "
+    facts = {k: getattr(training, k) for k in ("seed", "device", "epochs_run", "best_epoch", "best_weights",
+                                               "train_files", "val_files")
+             if getattr(training, k) is not None}
+    if training.epochs_run == 0 and training.init_from:
+        parent_sha = training.init_from.sha256
+        facts = {"seed": training.seed,
+                 "weights": f"unchanged from {'?' if parent_sha is None else parent_sha[:12]}… "
                             "(calibration and evaluation re-run)"}
     if facts:
         st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))
     with st.expander("Full model card (JSON)"):
-        st.json(card, expanded=1)
+        st.json(card.to_dict(), expanded=1)
 
 
 # -- per-source figures ------------------------------------------------------------------------
@@ -478,14 +475,14 @@ def targets_view(rows: list[dict]) -> None:
     st.dataframe(df, hide_index=True, width="stretch", key="targets")
 
 
-def set_folder(m: dict, key: str, card: dict, candidates: Sequence[Path]) -> Path | None:
+def set_folder(m: dict, key: str, card: ModelCard, candidates: Sequence[Path]) -> Path | None:
     """The folder a held-out set's file names are relative to, if its images are on this machine (None for
     volume slices, or when no candidate data root holds them)."""
     from core.data.spec import DataSpec, DataSpecError
 
     listed = [r["file"] for r in m.get("misclassified", [])[:20]]
     folders: list[Path] = []
-    spec = (card.get("data") or {}).get("spec")
+    spec = card.data.spec
     if spec and m.get("source"):
         try:
             source = DataSpec.from_dict(spec).source(m["source"])

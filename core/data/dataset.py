@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from core.errors import ImageLoadError
 from core.io.files import IMAGE_EXTENSIONS
-from core.io.image import decode_image
+from core.io.decode import decode_image
 from core.preprocess import PreprocessSpec, preprocess_decoded
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from core.data.spec import DataSpec, SourceSpec, UNKNOWN_SEQUENCE
 from core.data.dataset import CACHE_VERSION, FileRecord, class_names_of, index_tree
-from core.io.image import DecodedImage
+from core.io.types import DecodedImage
 from core.preprocess import PreprocessSpec, preprocess_decoded
 from core.io.volumes import AxialVolume, brain_slices, intensity_scale, load_volume, slice_image, tumour_areas_mm2
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core.evaluation.data_audit import _UnionFind, near_pairs
-from core.data.dataset import FileRecord
-from core.data.sources import IndexedSource
-
-if TYPE_CHECKING:
-    from core.data.spec import DataSpec
+from core.data.dataset import FileRecord, fingerprint
+from core.data.sources import IndexedSource, index_sources
+from core.data.spec import DataSpec
+from core.model.card import ModelCard
 
 PARTS = ("train", "val", "test")
 
@@ -153,28 +151,27 @@ def _check_no_straddle(groups: np.ndarray, part: np.ndarray, fixed: np.ndarray) 
             raise AssertionError(f"group {g} straddles the {seen[int(g)]} and {p} parts")
 
 
-def split_of_model(card: dict, data_root: str | Path | None = None, cache_dir: str | Path | None = ".cache",
-                   workers: int = 2) -> tuple["DataSpec", Path, DataSplit]:
+def trainable(split: DataSplit, part: str, leave_out: list[str]) -> np.ndarray:
+    """Indices of ``part`` used for training or selection: not of a left-out source, and not a volume slice
+    with only a sliver of tumour (labelled tumour, but under the source's ``min_tumour_mm2``)."""
+    return np.array([i for i in split.select(part) if split.records[i].source not in leave_out
+                     and split.records[i].detail != "small tumour"], int)
+
+
+def split_of_model(card: ModelCard, data_root: str | Path | None = None, cache_dir: str | Path | None = ".cache",
+                   workers: int = 2) -> tuple[DataSpec, Path, DataSplit]:
     """Rebuild the split a model was trained with, from the data spec recorded in its card, and verify it
     against the card's fingerprints of every part. Raises ``ValueError`` with the reason when it cannot."""
-    from core.data.spec import DataSpec
-    from core.data.dataset import fingerprint
-    from core.preprocess import PreprocessSpec
-    from core.data.sources import index_sources
-
-    recorded = card.get("data") or {}
-    if not recorded.get("spec"):
+    if not card.data.spec:
         raise ValueError("this model card records no data spec (trained before multi-source training), so its "
                          "held-out parts cannot be rebuilt")
-    data = DataSpec.from_dict(recorded["spec"])
-    root = Path(data_root or recorded.get("root") or "")
+    data = DataSpec.from_dict(card.data.spec)
+    root = Path(data_root or card.data.root or "")
     if not root.is_dir():
         raise ValueError(f"data root not found: {root} (pass the folder the data spec's sources live in)")
-    seed = int(card.get("training", {}).get("seed", 42))
-    split = split_sources(index_sources(data, root, PreprocessSpec.from_dict(card["input_spec"]), cache_dir, workers),
-                          data.near_distance, seed)
-    expected = card.get("training", {}).get("data_fingerprint", {})
-    for key, fp in expected.items():
+    seed = int(card.training.seed if card.training.seed is not None else 42)
+    split = split_sources(index_sources(data, root, card.input_spec, cache_dir, workers), data.near_distance, seed)
+    for key, fp in card.training.data_fingerprint.items():
         source, _, part = key.partition("/")
         if fingerprint([split.records[i] for i in split.select(part, source)]) != fp:
             raise ValueError(f"the rebuilt {key} part does not match the card's fingerprint (different data "

@@ -12,18 +12,17 @@ counts the listed files of each audited split under ``non_mri``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from core.data.dataset import FileRecord, class_names_of, fingerprint, index_tree
-from core.preprocess import PreprocessSpec
+from core.paths import REPORTS_DIR
+from core.data.dataset import FileRecord, fingerprint
 
 DEFAULT_NEAR_DISTANCE = 20
-NON_MRI_REPORT = Path(__file__).resolve().parent.parent / "reports" / "kaggle_ct_audit.json"
+NON_MRI_REPORT = REPORTS_DIR / "kaggle_ct_audit.json"
 
 
 class _UnionFind:
@@ -195,26 +194,3 @@ def audit_splits(splits: dict[str, list[FileRecord]], class_names: list[str],
     if entry is not None:
         report["non_mri"] = entry
     return report, per_split_groups
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("root", help="dataset root holding split folders (e.g. Training/, Testing/), each ROOT/<split>/<class>/")
-    p.add_argument("--out", default="data_audit.json", help="where to write the JSON report")
-    p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, help="pHash Hamming bits for near duplicates")
-    p.add_argument("--cache-dir", default=".cache", help="decode cache folder")
-    p.add_argument("--workers", type=int, default=2, help="decode processes")
-    args = p.parse_args(argv)
-    root = Path(args.root)
-    split_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    class_names = class_names_of(split_dirs[0])
-    spec = PreprocessSpec()
-    splits = {d.name: index_tree(d, class_names, spec, args.cache_dir, args.workers, d.name)[0] for d in split_dirs}
-    report, _ = audit_splits(splits, class_names, args.near_distance)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k not in ("examples", "unreadable")}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

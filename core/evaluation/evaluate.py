@@ -1,10 +1,6 @@
-"""Evaluate a model on any labelled folder tree (``ROOT/<class>/**/<image>``).
-
-    python -m core.evaluate FOLDER [--weights weights] [--out metrics.json] [--device auto]
-    python -m core.evaluate --held-out [--weights weights] [--out metrics.json]
-
-The second form re-runs the per-source evaluation of ``train.py``: the held-out (test) part of every
-source the model's card declares, rebuilt and verified against the card's fingerprints.
+"""Evaluate a model on any labelled folder tree (``ROOT/<class>/**/<image>``): the library behind
+``python -m core.evaluate`` (its command line is :mod:`core.evaluate`; the held-out parts of a data spec are
+:mod:`core.evaluation.source_eval`'s).
 
 The same code path as serving: files go through :func:`core.inference.pipeline.stream`, the one
 pipeline every consumer uses; :func:`run_sources` is its metrics accumulator. ``train.py`` uses it for the shipped
@@ -12,9 +8,6 @@ metrics, and the dashboard for re-evaluation.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -24,14 +17,10 @@ from tqdm import tqdm
 
 from core.inference.calibration import softmax
 from core.review.audit_trail import AuditTrail, record_prediction
-from core.model.checkpoint import DEFAULT_MODEL_DIR, load_bundle
 from core.data.dataset import list_labelled_files
-from core.model.device import select_device
-from core.errors import CheckpointError
-from core.evaluation.metrics import evaluate_predictions, summary
+from core.evaluation.metrics import evaluate_predictions
 from core.inference.pipeline import Source, stream
 from core.inference.predictor import Predictor
-from core.model.registry import find_model
 
 ProgressFn = Callable[[int, int], None]
 
@@ -123,58 +112,3 @@ def metrics_for_run(run: LabelledRun, class_names: list[str], temperature: float
     out["ood_flagged"] = int(run.ood_flags[m].sum())
     out["unreadable"] = run.errors if mask is None else []
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate a model on a labelled folder tree ROOT/<class>/<images>, or "
-                                            "on the held-out parts of the data it was trained from.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("folder", nargs="?", help="labelled folder: one sub-folder per class, named as in the model card")
-    p.add_argument("--held-out", action="store_true",
-                   help="instead of FOLDER: the held-out part of every source in the model card's data spec")
-    p.add_argument("--data-root", default=None, help="with --held-out: folder of the data spec's sources "
-                                                     "(default: the one recorded in the card)")
-    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights), or "
-                                                                      "with --model the registry folder holding it")
-    p.add_argument("--model", default=None, help="a model of the registry --weights by name (core.model.registry); "
-                                                 "default: the folder's own bundle")
-    p.add_argument("--out", default=None, help="write the full metrics JSON here")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    args = p.parse_args(argv)
-    if bool(args.folder) == args.held_out:
-        p.error("give a labelled FOLDER or --held-out (one of the two)")
-    try:  # as core.review.folder: a bad model folder, device or labelled folder is a clear error, not a traceback
-        bundle = load_bundle(find_model(args.weights, args.model) if args.model else args.weights)
-        predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
-        if args.held_out:
-            from core.evaluation.source_eval import evaluate_parts
-            from core.data.splits import split_of_model
-
-            data, root, split = split_of_model(bundle.card, args.data_root)
-            metrics = {"sets": evaluate_parts(predictor, data, split, root, "test").sets,
-                       "class_names": bundle.class_names}
-        else:
-            run = run_labelled(predictor, args.folder, args.batch_size, show_bar=True)
-            metrics = metrics_for_run(run, bundle.class_names, bundle.temperature)
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    metrics["model"] = {"name": bundle.name, **bundle.identity}
-    if args.held_out:
-        for key, m in metrics["sets"].items():
-            print(key, json.dumps(summary(m) | {"detection": {k: v for k, v in (m.get("detection") or {}).items()
-                                                                if k in ("sensitivity", "specificity",
-                                                                         "confident_misses")}}))
-    else:
-        print(json.dumps(summary(metrics), indent=2))
-        if run.errors:
-            print(f"{len(run.errors)} unreadable file(s) skipped; see 'unreadable' in the JSON")
-    if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from core.explain.cam import compute_cams
+from core.explain.cam import Explainer
 from core.inference.calibration import softmax
 from core.data.spec import DataSpec, SourceSpec
 from core.evaluation.evaluate import LabelledRun, metrics_for_run, run_files, run_sources
@@ -154,9 +154,10 @@ def _volume_part(predictor: Predictor, source: SourceSpec, data_root: Path, part
     if masks and cam_method:
         tumour_class = names.index(source.labels["tumour"])
         hits, files = [], list(masks)
+        explainer = Explainer(predictor)  # one per run: the pointing game is this run's only CAM user
         for i in range(0, len(files), 32):
             chunk = files[i:i + 32]
-            cams = compute_cams(predictor, [pre_items[f] for f in chunk], [tumour_class] * len(chunk), cam_method)
+            cams = explainer.compute([pre_items[f] for f in chunk], [tumour_class] * len(chunk), cam_method)
             hits += [pointing_hit(c.peak, masks[f]) for c, f in zip(cams, chunk)]
         out[key]["pointing_game"] = {
             "method": cam_method, "target": names[tumour_class], "n": len(hits), "hits": int(sum(hits)),

@@ -65,8 +65,8 @@ def _clahe_drop(_: Mapping, extra: Mapping) -> float | None:
 
 # Every bundle is judged on this one.
 WEIGHTS_TARGET = Target("Weights", "weights file ≤ 50 MB", 50.0,
-                        lambda _, e: None if _get(e, "card", "weights", "bytes") is None
-                        else e["card"]["weights"]["bytes"] / 1e6, at_most=True, fmt=".1f")
+                        lambda _, e: None if e.get("card") is None or e["card"].weights.bytes is None
+                        else e["card"].weights.bytes / 1e6, at_most=True, fmt=".1f")
 
 TARGETS: tuple[Target, ...] = (
     Target("Feltrin held-out", "tumour sensitivity ≥ 0.97", 0.97, _det("feltrin_test", "sensitivity")),
@@ -117,9 +117,9 @@ def evaluate_targets(metrics: Mapping, extra: Mapping | None = None,
                      targets: tuple[Target, ...] = TARGETS) -> list[dict]:
     """Rows ``{"group", "target", "measured", "met"}`` (measured None and met None: not measured).
 
-    ``extra`` may hold ``card`` (the model card), ``shift_eval`` (the stress-test report for this model) and
-    ``single_scan_p50_ms`` (from the benchmark for this model). ``targets``: :data:`TARGETS` (the default
-    model) or :data:`FINE_TARGETS` (the 44-class model).
+    ``extra`` may hold ``card`` (the :class:`core.model.card.ModelCard`), ``shift_eval`` (the stress-test report
+    for this model) and ``single_scan_p50_ms`` (from the benchmark for this model). ``targets``: :data:`TARGETS`
+    (the default model) or :data:`FINE_TARGETS` (the 44-class model).
     """
     extra = extra or {}
     rows = []

@@ -12,19 +12,23 @@ Two engines give the same maps (bench checks the largest difference):
   Nothing on the shared model is touched, so concurrent predictions are unaffected.
 * ``library``: the ``grad-cam`` package itself. Every call builds the CAM object in a
   ``with`` block, so its forward/backward hooks are removed afterwards even on error.
-  The hooks go on a private copy of the predictor's model (made once per predictor),
-  never on the model that serves predictions: a forward hook fires for *every* forward
-  through the module, so a prediction running in another session's thread while a CAM
-  was being computed used to slip its activations into that CAM (wrong heatmaps).
+  The hooks go on the :class:`Explainer`'s private copy of the predictor's model (made
+  on first use), never on the model that serves predictions: a forward hook fires for
+  *every* forward through the module, so a prediction running in another session's
+  thread while a CAM was being computed used to slip its activations into that CAM
+  (wrong heatmaps).
 
-Both hold the predictor's lock and run with gradients enabled, i.e. outside
+:class:`Explainer` is the entry point: one per predictor, shared by every thread that
+asks for heatmaps of that model (the dashboard keeps one per loaded model per process).
+Both engines hold its lock and run with gradients enabled, i.e. outside
 ``inference_mode``; the CAM forward is fp32 (on CUDA the backbone may run under the
 predictor's autocast dtype; the differentiated head is always fp32).
 """
 from __future__ import annotations
 
 import copy
-import weakref
+import threading
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -45,20 +49,6 @@ CAM_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam"
 CAM_ENGINES = ("auto", "native", "library")
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
              "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
-
-
-# predictor -> (the model it serves, the private copy CAMs hook into)
-_CAM_MODELS: "weakref.WeakKeyDictionary[Predictor, tuple[torch.nn.Module, torch.nn.Module]]" = \
-    weakref.WeakKeyDictionary()
-
-
-def _cam_model(predictor: Predictor) -> torch.nn.Module:
-    """The predictor's private CAM copy of its model; call with ``predictor.lock`` held."""
-    source, model = _CAM_MODELS.get(predictor, (None, None))
-    if model is None or source is not predictor.model:  # rebuilt if the predictor swaps its model
-        model = copy.deepcopy(predictor.model).eval()
-        _CAM_MODELS[predictor] = (predictor.model, model)
-    return model
 
 
 @dataclass
@@ -142,10 +132,10 @@ def _native_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] |
     return cam.float().cpu().numpy(), [int(t) for t in targets], strengths
 
 
-def _library_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None,
+def _library_maps(model: torch.nn.Module, batch: torch.Tensor, targets: list[int] | None,
                   method: str) -> tuple[np.ndarray, list[int], list[float | None]]:
+    """The grad-cam package's maps, hooked into ``model`` (the explainer's private copy)."""
     maps = None
-    model = _cam_model(predictor)
     with torch.inference_mode(False), torch.enable_grad():
         if targets is None:
             with torch.no_grad():
@@ -158,51 +148,79 @@ def _library_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] 
     return maps, [int(t) for t in targets], [None] * len(targets)  # the library keeps no raw scale
 
 
-def cam_maps(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None, method: str = "gradcam",
+class Explainer:
+    """Grad-CAM family heatmaps of one :class:`Predictor`'s model, one computation at a time.
+
+    Share one per predictor between threads: :attr:`lock` serialises the CAM passes (the library engine's
+    hooks live on :meth:`_library_model`, this explainer's private copy of the model, made on first use; the
+    native engine needs no copy). Predictions on the predictor itself never wait for this lock.
+    """
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.lock = threading.Lock()
+        self._copy: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (model copied, its private copy)
+
+    def _library_model(self) -> torch.nn.Module:
+        """The private copy the library engine hooks into; call with :attr:`lock` held."""
+        source, model = self._copy or (None, None)
+        if model is None or source is not self.predictor.model:  # rebuilt if the predictor swaps its model
+            model = copy.deepcopy(self.predictor.model).eval()
+            self._copy = (self.predictor.model, model)
+        return model
+
+    def maps(self, batch: torch.Tensor, targets: list[int] | None, method: str = "gradcam",
              engine: str = "auto") -> tuple[np.ndarray, list[int]]:
-    """Heatmaps at model resolution for a standardised batch already on the device.
+        """Heatmaps at model resolution for a standardised batch already on the device.
 
-    Returns float32 (N, S, S) maps in [0, 1] and the target class index used per image.
-    """
-    maps, targets, _ = _maps_with_strength(predictor, batch, targets, method, engine)
-    return maps, targets
+        ``targets``: one class index per image (None: the predicted classes); ``engine``: one of
+        :data:`CAM_ENGINES` ("auto": native where :func:`native_supported`, else library).
+        Returns float32 (N, S, S) maps in [0, 1] and the target class index used per image.
+        """
+        maps, targets, _ = self._maps_with_strength(batch, targets, method, engine)
+        return maps, targets
 
+    def _maps_with_strength(self, batch: torch.Tensor, targets: list[int] | None, method: str,
+                            engine: str) -> tuple[np.ndarray, list[int], list[float | None]]:
+        """:meth:`maps` plus each map's strength (None from the library engine)."""
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
+        if engine not in CAM_ENGINES:
+            raise ValueError(f"engine must be one of {CAM_ENGINES}")
+        if engine == "auto":
+            engine = "native" if native_supported(self.predictor.model) else "library"
+        with self.lock:
+            if engine == "native":
+                return _native_maps(self.predictor, batch, targets, method)
+            return _library_maps(self._library_model(), batch, targets, method)
 
-def _maps_with_strength(predictor: Predictor, batch: torch.Tensor, targets: list[int] | None, method: str,
-                        engine: str) -> tuple[np.ndarray, list[int], list[float | None]]:
-    """:func:`cam_maps` plus each map's strength (None from the library engine)."""
-    if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
-    if engine not in CAM_ENGINES:
-        raise ValueError(f"engine must be one of {CAM_ENGINES}")
-    if engine == "auto":
-        engine = "native" if native_supported(predictor.model) else "library"
-    with predictor.lock:
-        if engine == "native":
-            return _native_maps(predictor, batch, targets, method)
-        return _library_maps(predictor, batch, targets, method)
+    def compute(self, items: list[Preprocessed], targets: list[int] | None, method: str = "gradcam",
+                engine: str = "auto") -> list[CamResult]:
+        """Heatmaps for a batch, one target class index per image (None: the predicted class).
 
+        The whole list is one forward pass; callers with thousands of images pass chunks
+        (``core.evaluation.source_eval`` passes its chunk, ``core.inference.pipeline`` its batch).
+        """
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
+        if not items:
+            return []
+        return self.results(items, self.predictor.batch_tensor(items), targets, method, engine)
 
-def compute_cams(predictor: Predictor, items: list[Preprocessed], targets: list[int] | None,
-                 method: str = "gradcam", engine: str = "auto") -> list[CamResult]:
-    """Heatmaps for a batch, one target class index per image (None: the predicted class).
-
-    The whole list is one forward pass; callers with thousands of images pass chunks
-    (``core.review.folder`` passes its chunk, ``core.inference.pipeline`` its batch).
-    """
-    if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
-    if not items:
-        return []
-    return cam_results(predictor, items, predictor.batch_tensor(items), targets, method, engine)
-
-
-def cam_results(predictor: Predictor, items: list[Preprocessed], batch: torch.Tensor, targets: list[int] | None,
+    def results(self, items: list[Preprocessed], batch: torch.Tensor, targets: list[int] | None,
                 method: str = "gradcam", engine: str = "auto") -> list[CamResult]:
-    """:func:`compute_cams` for callers that already hold the items' standardised batch."""
-    maps, targets, strengths = _maps_with_strength(predictor, predictor.to_device(batch), targets, method, engine)
-    return [_result(item, m, t, method, predictor.class_names, s)
-            for item, m, t, s in zip(items, maps, targets, strengths)]
+        """:meth:`compute` for callers that already hold the items' standardised (N, C, S, S) batch."""
+        maps, targets, strengths = self._maps_with_strength(self.predictor.to_device(batch), targets, method, engine)
+        return [_result(item, m, t, method, self.predictor.class_names, s)
+                for item, m, t, s in zip(items, maps, targets, strengths)]
+
+    def warmup(self, method: str = "gradcam") -> float:
+        """One dummy batch-1 heatmap so the first real one does not pay the one-time kernel setup (and, with the
+        library engine, the model copy). For servers: call once after loading. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        s, c = self.predictor.spec.image_size, self.predictor.spec.channels
+        self.maps(self.predictor.to_device(torch.zeros(1, c, s, s)), [0], method)
+        return time.perf_counter() - t0
 
 
 def _peak(full: np.ndarray) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Heatmaps of one reviewed series' slices, kept once computed and computed ahead for the neighbours (no streamlit).
+"""Heatmaps of one reviewed series' slices (:func:`slice_cam`), kept once computed and computed ahead for the
+neighbours (no streamlit).
 
 Moving to another slice must show its heatmap at once (the target is 150 ms), but one Grad-CAM pass on a
 2-core CPU costs about as much on its own. :class:`SliceCams` therefore keeps every map it computed (up to
@@ -12,22 +13,38 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from core.explain.cam import CamResult
-from core.inference.predictor import Predictor
-from core.preprocess import Preprocessed
+import numpy as np
+
+from core.explain.cam import CamResult, Explainer, on_reading_scale
+from core.preprocess import Preprocessed, head_mask
 from core.io.series import Series
-from core.inference.study import SeriesReview, slice_cam
+from core.inference.study import SeriesReview, slice_inputs
 
 DEFAULT_LIMIT = 48  # each entry holds a slice's map and preprocessed image (~0.5 MB at 240 x 240)
 NEIGHBOURS = 3  # slices computed ahead on each side of the shown one
 
 
+def slice_cam(explainer: Explainer, series: Series, review: SeriesReview, k: int, method: str = "gradcam",
+              target: int | None = None) -> tuple[CamResult, Preprocessed]:
+    """The heatmap of slice ``k`` as a reader should see it (kept to the head; another class's map on the
+    predicted class's scale), and the slice's preprocessed input. Computed on demand: one slice at a time,
+    through ``explainer`` (the ``Explainer`` of the predictor that made ``review``)."""
+    predictor = explainer.predictor
+    item = slice_inputs(predictor, series, review.plane, review.scale, [k])[0]
+    predicted = int(np.nan_to_num(review.probabilities[k], nan=-1.0).argmax())
+    raw = explainer.compute([item], [predicted if target is None else target], method)[0]
+    reference = None
+    if target is not None and target != predicted:
+        reference = explainer.compute([item], [predicted], method)[0]
+    return on_reading_scale(raw, head_mask(item, predictor.spec), reference), item
+
+
 class SliceCams:
     """The heatmaps of one series, plane, CAM method and target class (None: each slice's predicted class)."""
 
-    def __init__(self, predictor: Predictor, series: Series, review: SeriesReview, method: str = "gradcam",
+    def __init__(self, explainer: Explainer, series: Series, review: SeriesReview, method: str = "gradcam",
                  target: int | None = None, limit: int = DEFAULT_LIMIT):
-        self.predictor, self.series, self.review = predictor, series, review
+        self.explainer, self.series, self.review = explainer, series, review
         self.method, self.target, self.limit = method, target, max(1, int(limit))
         self._done: OrderedDict[int, tuple[CamResult, Preprocessed]] = OrderedDict()
         self._busy: dict[int, threading.Event] = {}  # slice -> set when its computation ends
@@ -41,7 +58,7 @@ class SliceCams:
             return k in self._done
 
     def get(self, k: int) -> tuple[CamResult, Preprocessed]:
-        """Slice ``k``'s map (``core.inference.study.slice_cam``) and preprocessed input: kept, in flight or computed now.
+        """Slice ``k``'s map (:func:`slice_cam`) and preprocessed input: kept, in flight or computed now.
         Raises what ``slice_cam`` raises (the page shows it)."""
         while True:
             with self._lock:
@@ -57,7 +74,7 @@ class SliceCams:
 
     def _compute(self, k: int) -> tuple[CamResult, Preprocessed]:
         try:
-            value = slice_cam(self.predictor, self.series, self.review, k, self.method, self.target)
+            value = slice_cam(self.explainer, self.series, self.review, k, self.method, self.target)
             with self._lock:
                 self._done[k] = value
                 self._done.move_to_end(k)

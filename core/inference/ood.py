@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from core.preprocess import Preprocessed
+
 COLOUR_LIMIT = 0.06  # mean chroma; grey MRI JPEGs measure < 0.01
 
 
@@ -182,3 +184,16 @@ def skull_ring(image01: np.ndarray) -> SkullRing:
 def ct_gate(image01: np.ndarray) -> str | None:
     """:data:`CT_REASON` when a preprocessed head crop looks like a brain CT slice, else None."""
     return CT_REASON if skull_ring(image01).margin() >= 1.0 else None
+
+
+def ood_reason(item: Preprocessed, score: float, threshold: float) -> str | None:
+    """Why a predicted image is outside intended use, or None: the layers above, cheapest first.
+
+    ``item``: the preprocessed image; ``score``: its Mahalanobis score (kept as the float32 the model gave, so
+    the comparison with ``threshold`` is made as it always was); ``threshold``: the model's (inf: no OOD head).
+    """
+    decoded = item.decoded
+    reason = image_gate(decoded.colourfulness if decoded else 0.0, item.blank) or ct_gate(item.image)
+    if reason is None and score > threshold:
+        reason = f"image features are unlike the training MRI slices (score {score:.0f} > {threshold:.0f})"
+    return reason

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Protocol, Union
 
 import numpy as np
 import torch
@@ -37,12 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.errors import ImageLoadError
 from core.io.files import is_uri, read_uri_bytes, uri_name
-from core.io.image import DEFAULT_LIMITS, DecodeLimits, DecodedImage, read_source_bytes
+from core.io.decode import read_source_bytes
+from core.io.types import DEFAULT_LIMITS, DecodeLimits, DecodedImage
 from core.inference.predictor import Prediction
 from core.preprocess import Preprocessed, PreprocessSpec, decode_for, preprocess, preprocess_decoded
-
-if TYPE_CHECKING:  # grad-cam is imported only when CAMs are asked for
-    from core.explain.cam import CamResult
 
 _NO_PIXELS = np.zeros((0, 0), np.float32)
 
@@ -56,6 +54,17 @@ class InMemory:
 
 
 Source = Union[str, Path, InMemory]  # a str may be a URI (core.io.files.is_uri), read through fsspec
+
+
+class CamExplainer(Protocol):
+    """What :func:`predict_batch` needs to add heatmaps: a ``core.explain.cam.Explainer``, passed in by the caller
+    (inference never imports explain; explain builds on inference)."""
+
+    def results(self, items: list[Preprocessed], batch: torch.Tensor, targets: list[int] | None,
+                method: str = "gradcam") -> list[Any]:
+        """One ``core.explain.cam.CamResult`` per item, for a standardised (N, C, S, S) batch."""
+
+
 #: Applied to the decoded pixels (float32 (H, W) in [0, 1]) of the file at ``index`` in the input; returns an
 #: array (any dtype, decoded again as an array) or encoded file bytes. Must be picklable for worker processes.
 Transform = Callable[[np.ndarray, int], Union[np.ndarray, bytes]]
@@ -78,7 +87,7 @@ class Result:
     failed_at: str = ""
     seconds: dict = field(default_factory=dict)  # read / decode / preprocess, in the worker
     prediction: Prediction | None = None
-    cam: CamResult | None = None
+    cam: Any = None  # a core.explain.cam.CamResult (see CamExplainer), or None
 
 
 @dataclass
@@ -297,22 +306,23 @@ class DevicePrefetcher:
 
 
 def predict_batch(predictor, batch: PipelineBatch, cam_method: str | None = None,
-                  keep_items: bool = False) -> list[Result]:
+                  keep_items: bool = False, explainer: CamExplainer | None = None) -> list[Result]:
     """Fill ``prediction`` (and ``cam``: targets = the predicted classes) of a batch's readable rows.
 
-    One forward pass (and one batched Grad-CAM pass) for the whole batch; ``batch.tensor`` is used when the
+    One forward pass (and, with ``cam_method``, one batched Grad-CAM pass through ``explainer``, the
+    ``core.explain.cam.Explainer`` of ``predictor``) for the whole batch; ``batch.tensor`` is used when the
     caller already standardised it. Rows are returned in input order; unless ``keep_items``, the preprocessed
     images are dropped once predicted (a consumer holding results then holds a few hundred bytes each).
     """
+    if cam_method and explainer is None:
+        raise ValueError("cam_method needs an explainer: pass core.explain.cam.Explainer(predictor)")
     items = batch.items
     if items:
         tensor = batch.tensor if batch.tensor is not None else predictor.batch_tensor(items)
         preds = predictor.predict_preprocessed(items, batch=tensor)
         cams: list = [None] * len(items)
         if cam_method:
-            from core.explain.cam import cam_results  # grad-cam is only imported when CAMs are asked for
-
-            cams = cam_results(predictor, items, tensor, [p.index for p in preds], cam_method)
+            cams = explainer.results(items, tensor, [p.index for p in preds], cam_method)
         it = iter(zip(preds, cams))
         for row in batch.rows:
             if row.item is not None:
@@ -325,7 +335,7 @@ def predict_batch(predictor, batch: PipelineBatch, cam_method: str | None = None
 def stream(predictor, files: Iterable[Source], *, root: str | Path | None = None, cam_method: str | None = None,
            batch_size: int | None = None, num_workers: int | None = 0, limits: DecodeLimits = DEFAULT_LIMITS,
            transform: Transform | None = None, cancel: threading.Event | None = None, hash_files: bool = True,
-           keep_items: bool = False) -> Iterator[Result]:
+           keep_items: bool = False, explainer: CamExplainer | None = None) -> Iterator[Result]:
     """THE path from files to predictions: one :class:`Result` per input, in input order.
 
     Every consumer goes through here: ``core.review.folder`` (CSV + audit trail), ``core.evaluation.evaluate`` (metrics),
@@ -334,7 +344,8 @@ def stream(predictor, files: Iterable[Source], *, root: str | Path | None = None
     Args:
         predictor: a :class:`core.inference.predictor.Predictor`.
         files: paths (relative names are taken against ``root`` when given) or :class:`InMemory` images.
-        cam_method: also a batched Grad-CAM per file, for its predicted class.
+        cam_method: also a batched Grad-CAM per file, for its predicted class (needs ``explainer``).
+        explainer: the ``core.explain.cam.Explainer`` of ``predictor`` that computes those heatmaps.
         batch_size: files per forward pass (default: the predictor's).
         num_workers: 0 decodes in this process (lazy over ``files``: right for threads, e.g. the
             dashboard); N > 0 (or None: every core) decodes in worker processes, which is faster where
@@ -350,4 +361,4 @@ def stream(predictor, files: Iterable[Source], *, root: str | Path | None = None
     batches = iter_batches(files, predictor.spec, batch_size=bs, num_workers=num_workers, device=predictor.device,
                            root=root, limits=limits, hash_files=hash_files, transform=transform, cancel=cancel)
     for b in DevicePrefetcher(batches, predictor):
-        yield from predict_batch(predictor, b, cam_method, keep_items)
+        yield from predict_batch(predictor, b, cam_method, keep_items, explainer)

@@ -1,13 +1,12 @@
 """Batched, calibrated prediction with an out-of-distribution flag.
 
 The predictor owns the model on one device, chosen by the caller (see
-``core.model.device.select_device``). It is shared across threads: plain prediction runs
-under ``inference_mode`` and mutates nothing; Grad-CAM (hooks + backward) must hold
-:attr:`Predictor.lock` (``core.explain.cam`` does).
+``core.model.device.select_device``), and runs it at the precision ``core.model.backends`` resolves. It is
+shared across threads: prediction runs under ``inference_mode`` and mutates nothing. Heatmaps are
+``core.explain.cam.Explainer``'s job (it holds its own lock and, where needed, its own copy of the model).
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,20 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.model.checkpoint import DEFAULT_MODEL_DIR, ModelBundle
-from core.model.device import autocast_dtype
-from core.inference.ood import ct_gate, image_gate
+from core.model.backends import build_backend, check_precision
+from core.model.checkpoint import ModelBundle
+from core.inference.ood import ood_reason
 from core.preprocess import Preprocessed, preprocess, to_model_tensor
-from core.model.int8 import CALIBRATION_FILE, FeaturesAndLogits, int8_supported, load_calibration, quantize
 from core.model.tta import check_tta, with_tta
-
-# What ``precision`` may be. "auto" resolves per device: cuda/mps -> mixed precision
-# (bf16 where supported, else fp16); cpu -> bf16 autocast where the CPU computes bf16
-# natively (AVX-512 BF16 / AMX), else fp32. Measured by ``python -m bench`` (README
-# "Benchmarks"): on the 2-core AVX-512 BF16 CPU bf16 runs the forward pass ~2x faster
-# than fp32 with identical Testing accuracy and OOD flags. "int8" (``core.model.int8``)
-# is faster still but shifts the OOD scores, so it is an explicit opt-in only.
-PRECISIONS = ("auto", "fp32", "amp", "bf16", "fp16", "int8")
 
 
 @dataclass
@@ -49,22 +39,19 @@ class Prediction:
         return self.confidence < threshold
 
 
-def cpu_has_native_bf16() -> bool:
-    """bf16 convolutions in hardware (AVX-512 BF16 or AMX) and in this torch's oneDNN.
-
-    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is slower than
-    fp32, so the CPU flags decide (Linux /proc/cpuinfo; elsewhere: False -> fp32).
-    """
-    try:
-        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
-    except (OSError, AttributeError, RuntimeError):
-        pass
-    return False
+def make_prediction(item: Preprocessed, probs: np.ndarray, score: float, logits: np.ndarray,
+                    class_names: list[str], threshold: float) -> Prediction:
+    """One image's :class:`Prediction` from its calibrated probabilities float (K,), OOD score (the model's
+    float32), raw logits float (K,) and the OOD threshold (inf without an OOD head)."""
+    k = int(probs.argmax())
+    reason = ood_reason(item, score, threshold)
+    decoded = item.decoded
+    return Prediction(
+        label=class_names[k], index=k, confidence=float(probs[k]),
+        probabilities={n: float(v) for n, v in zip(class_names, probs)},
+        ood=reason is not None, ood_score=float(score), ood_reason=reason,
+        warnings=list(decoded.warnings) if decoded else [], logits=logits,
+    )
 
 
 class Predictor:
@@ -73,7 +60,7 @@ class Predictor:
     Args:
         bundle: loaded model and card.
         device: where to run; passed in, never guessed here.
-        precision: "auto" (see :data:`PRECISIONS`: mixed precision on GPU, bf16 on a
+        precision: "auto" (see ``core.model.backends.PRECISIONS``: mixed precision on GPU, bf16 on a
             CPU with native bf16, else fp32), or an override: "fp32", "amp" (the
             device's autocast dtype; fp32 on CPU), "bf16", "fp16" or "int8" (CPU only,
             opt-in; needs an int8 calibration, see ``core.model.int8``).
@@ -92,8 +79,7 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, device: torch.device, precision: str = "auto", batch_size: int = 32,
                  *, compile: bool = False, int8_calibration: str | Path | None = None, tta: str | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.requested_precision = check_precision(precision)
         self.tta = check_tta(bundle.tta if tta is None else tta)
         self.bundle = bundle
         self.device = device
@@ -101,60 +87,25 @@ class Predictor:
         self.class_names = bundle.class_names
         self.temperature = bundle.temperature
         self.batch_size = batch_size
-        self.requested_precision = precision
-        self.lock = threading.Lock()  # guards Grad-CAM on the shared model
         # NHWC suits oneDNN on x86 CPUs and tensor cores on CUDA; MPS keeps NCHW.
         self.memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         self.model = bundle.model.to(device).eval().to(memory_format=self.memory_format)
         self.ood = bundle.ood.to(device) if bundle.ood is not None else None
+        backend = build_backend(self.model, bundle, device, precision, compile=compile,
+                                int8_calibration=int8_calibration)
+        self.precision, self.amp_dtype, self.infer = backend.precision, backend.amp_dtype, backend.infer
+        self.compiled, self.int8_calibration_path = backend.compiled, backend.int8_calibration_path
 
-        calibration = None
-        if precision == "int8" and device.type == "cpu" and int8_supported():
-            calibration = self._find_int8_calibration(int8_calibration)
-        if precision == "auto":
-            precision = "amp" if device.type in ("cuda", "mps") else ("bf16" if cpu_has_native_bf16() else "fp32")
-        if precision == "int8":
-            if device.type != "cpu":
-                raise ValueError("precision 'int8' runs on the CPU only; use 'auto', 'amp' or 'fp32' on a GPU")
-            if calibration is None:
-                raise ValueError("precision 'int8' needs an int8 calibration for these weights; create one with "
-                                 "`python -m core.model.int8 calibrate --weights DIR --data TRAINING_DIR`")
-        self.amp_dtype = {"amp": autocast_dtype(device), "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        if precision == "int8":
-            self.precision = "int8"
-            self.infer = quantize(self.model, calibration, self.spec.image_size, self.spec.channels)
-        else:
-            self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
-            self.infer = FeaturesAndLogits(self.model).eval()
-        self.compiled = bool(compile)
-        if compile:
-            self.infer = torch.compile(self.infer)
-
-    def _find_int8_calibration(self, explicit: str | Path | None):
-        candidates = [Path(explicit)] if explicit else [
-            Path(folder) / CALIBRATION_FILE for folder in (getattr(self.bundle, "folder", None), DEFAULT_MODEL_DIR)
-            if folder is not None]
-        for path in candidates:
-            state = load_calibration(path, self.bundle.sha256)
-            if state is not None:
-                self.int8_calibration_path = str(path)
-                return state
-        return None
-
-    def warmup(self, cam_method: str | None = "gradcam") -> float:
-        """One dummy batch-1 prediction (and CAM) so the first real scan does not pay the
-        one-time kernel setup (oneDNN primitives, int8 weight packing, CUDA context).
+    def warmup(self) -> float:
+        """One dummy batch-1 prediction so the first real scan does not pay the one-time kernel setup
+        (oneDNN primitives, int8 weight packing, CUDA context). Heatmaps warm up separately
+        (``core.explain.cam.Explainer.warmup``).
 
         For servers: call once after loading. Returns the seconds it took.
         """
         t0 = time.perf_counter()
         s, c = self.spec.image_size, self.spec.channels
-        x = self.to_device(torch.zeros(1, c, s, s))
-        self.logits_and_scores(x)
-        if cam_method:
-            from core.explain.cam import cam_maps  # core.explain.cam imports this module
-
-            cam_maps(self, x, [0], cam_method)
+        self.logits_and_scores(self.to_device(torch.zeros(1, c, s, s)))
         return time.perf_counter() - t0
 
     def describe(self) -> dict:
@@ -162,7 +113,7 @@ class Predictor:
         return {"device": str(self.device), "precision": self.precision, "requested": self.requested_precision,
                 "compiled": self.compiled, "tta": self.tta,
                 "memory_format": str(self.memory_format).replace("torch.", ""),
-                "int8_calibration": getattr(self, "int8_calibration_path", None)}
+                "int8_calibration": self.int8_calibration_path}
 
     def _on_device(self, t: torch.Tensor) -> bool:
         return t.device.type == self.device.type and (self.device.index is None or t.device.index == self.device.index)
@@ -223,21 +174,9 @@ class Predictor:
             return []
         logits, scores = self.logits_and_scores(self.batch_tensor(items) if batch is None else batch)
         probs = self.calibrated(logits)
-        out = []
         threshold = self.ood.threshold if self.ood is not None else float("inf")
-        for item, p, s, lg in zip(items, probs, scores, logits):
-            k = int(p.argmax())
-            decoded = item.decoded
-            reason = image_gate(decoded.colourfulness if decoded else 0.0, item.blank) or ct_gate(item.image)
-            if reason is None and s > threshold:
-                reason = f"image features are unlike the training MRI slices (score {s:.0f} > {threshold:.0f})"
-            out.append(Prediction(
-                label=self.class_names[k], index=k, confidence=float(p[k]),
-                probabilities={n: float(v) for n, v in zip(self.class_names, p)},
-                ood=reason is not None, ood_score=float(s), ood_reason=reason,
-                warnings=list(decoded.warnings) if decoded else [], logits=lg,
-            ))
-        return out
+        return [make_prediction(item, p, s, lg, self.class_names, threshold)
+                for item, p, s, lg in zip(items, probs, scores, logits)]
 
     def predict(self, source) -> tuple[Prediction, Preprocessed]:
         """Decode, preprocess and predict one input (path, bytes, array or DecodedImage).

@@ -14,14 +14,14 @@ from typing import Iterator
 
 import numpy as np
 
-from core.explain.cam import CamResult, compute_cams, on_reading_scale
+from core.paths import REPORTS_DIR
 from core.inference.ood import image_gate
 from core.inference.pipeline import InMemory, PipelineBatch, Result, load_file, predict_batch
 from core.inference.predictor import Predictor
-from core.preprocess import Preprocessed, head_mask, preprocess_decoded
+from core.preprocess import Preprocessed, preprocess_decoded
 from core.io.series import Series
 
-RULE_FILE = Path(__file__).resolve().parent.parent / "reports" / "series_rule.json"
+RULE_FILE = REPORTS_DIR / "series_rule.json"
 NO_TUMOUR = "notumor"
 SERIES_OOD_FRACTION = 0.5  # a series is outside intended use when over half its non-blank slices are
 UNCERTAIN_MARGIN = 0.1  # the verdict is "uncertain" when it flips with the threshold this much lower, ...
@@ -231,15 +231,3 @@ def review_series(predictor: Predictor, series: Series, rule: SeriesRule | None 
     return summarise(probs, ood, blank, predictor.class_names, rule or load_rule(), plane, reasons, scale,
                      series.warnings)
 
-
-def slice_cam(predictor: Predictor, series: Series, review: SeriesReview, k: int, method: str = "gradcam",
-              target: int | None = None) -> tuple[CamResult, Preprocessed]:
-    """The heatmap of slice ``k`` as a reader should see it (kept to the head; another class's map on the
-    predicted class's scale), and the slice's preprocessed input. Computed on demand: one slice at a time."""
-    item = slice_inputs(predictor, series, review.plane, review.scale, [k])[0]
-    predicted = int(np.nan_to_num(review.probabilities[k], nan=-1.0).argmax())
-    raw = compute_cams(predictor, [item], [predicted if target is None else target], method)[0]
-    reference = None
-    if target is not None and target != predicted:
-        reference = compute_cams(predictor, [item], [predicted], method)[0]
-    return on_reading_scale(raw, head_mask(item, predictor.spec), reference), item

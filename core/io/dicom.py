@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import ImageLoadError
-from core.io.image import DecodedImage, DecodeLimits, _mpx, array_to_grey, to_unit_range
+from core.io.types import DecodedImage, DecodeLimits, array_to_grey, format_mpx, to_unit_range
 
 # Shown in the UI and written to results: acquisition facts, nothing that identifies a person.
 SAFE_TAGS = (
@@ -25,7 +25,13 @@ IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
                     "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyDate")
 
 
-def _tag_text(ds, keyword: str) -> str | None:
+def looks_like_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def tag_text(ds, keyword: str) -> str | None:
+    """One tag of a pydicom dataset as display text (spacings and thickness in mm), or None when absent/empty."""
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -55,8 +61,8 @@ def _read_dataset(data: bytes, name: str, limits: DecodeLimits):
         raise ImageLoadError(f"{name}: DICOM file has no pixel data (e.g. a report or structured document)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > limits.max_pixels:
-        raise ImageLoadError(f"{name}: DICOM header says {cols}x{rows} px ({_mpx(rows * cols)}), over the "
-                             f"{_mpx(limits.max_pixels)} limit; refused before decoding")
+        raise ImageLoadError(f"{name}: DICOM header says {cols}x{rows} px ({format_mpx(rows * cols)}), over the "
+                             f"{format_mpx(limits.max_pixels)} limit; refused before decoding")
     if rows and cols and min(rows, cols) < limits.min_side:
         raise ImageLoadError(f"{name}: DICOM image is only {cols}x{rows} px; at least "
                              f"{limits.min_side} px per side is needed")
@@ -140,9 +146,9 @@ def decode_dicom(data: bytes, name: str, limits: DecodeLimits, include_identifyi
     else:
         out = array_to_grey(np.asarray(arr), fmt="DICOM", mode=photometric)
     out.warnings.extend(warns)
-    tags = {k: v for k in SAFE_TAGS if (v := _tag_text(ds, k)) is not None}
+    tags = {k: v for k in SAFE_TAGS if (v := tag_text(ds, k)) is not None}
     if include_identifying_tags:
-        tags.update({k: v for k in IDENTIFYING_TAGS if (v := _tag_text(ds, k)) is not None})
+        tags.update({k: v for k in IDENTIFYING_TAGS if (v := tag_text(ds, k)) is not None})
     out.dicom_tags = tags
     out.display = display
     h, w = out.pixels.shape

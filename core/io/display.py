@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.io.dicom import DicomDisplay
-from core.io.image import DecodedImage
+from core.io.types import DecodedImage
 from core.inference.ood import COLOUR_LIMIT
 
 

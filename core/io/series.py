@@ -8,31 +8,24 @@ right on the image's left; sagittal: superior up, anterior left; coronal: superi
 
 Only the in-plane geometry is resampled (to square pixels); slices are never interpolated from their
 neighbours. Readers follow a small base class + dispatcher (the MONAI ``ImageReader`` pattern): each reader
-says which inputs it accepts and turns them into :class:`Series`; :func:`read_series` routes an upload and
-returns one :class:`SeriesLoad` per series found, so one broken series never stops the others.
+(:class:`SeriesReader`; ``core.io.series_nifti``, ``core.io.series_dicom``) says which inputs it accepts and
+turns them into :class:`Series`; ``core.io.read_series.read_series`` routes an upload and returns one
+:class:`SeriesLoad` per series found, so one broken series never stops the others.
 """
 from __future__ import annotations
 
 import hashlib
-import io
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from core.errors import ImageLoadError
-from core.io.image import DecodedImage
+from core.io.types import DecodedImage
 
 PLANES = ("axial", "coronal", "sagittal")
 # RAS+ axis that is constant along a slice of each plane: X (right) for sagittal, Y (anterior) for coronal,
 # Z (superior) for axial.
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-MAX_ZIP_MEMBERS = 5000
-MAX_ZIP_BYTES = 2 * 1024 ** 3  # uncompressed total; a zip bomb is refused before it is expanded
 
 
 @dataclass
@@ -159,111 +152,10 @@ def _acquired_plane(affine: np.ndarray) -> str:
 # -- readers ----------------------------------------------------------------------------------------------
 
 class SeriesReader:
-    """Base class: ``accepts`` names the inputs a reader takes; ``read`` turns them into series outcomes."""
+    """Base class of the series readers: ``accepts`` names the inputs a reader takes; ``read`` turns them into series outcomes."""
 
     def accepts(self, name: str, data: bytes) -> bool:
         raise NotImplementedError
 
     def read(self, files: list[tuple[str, bytes]]) -> list[SeriesLoad]:
         raise NotImplementedError
-
-
-class NiftiReader(SeriesReader):
-    """``.nii`` / ``.nii.gz`` files, one series each, through nibabel (header scaling applied)."""
-
-    def accepts(self, name: str, data: bytes) -> bool:
-        return name.lower().endswith(NIFTI_SUFFIXES)
-
-    def read(self, files: list[tuple[str, bytes]]) -> list[SeriesLoad]:
-        return [self._one(name, data) for name, data in files]
-
-    @staticmethod
-    def _one(name: str, data: bytes) -> SeriesLoad:
-        import nibabel as nib
-
-        label = Path(name).name
-        try:
-            # nibabel reads from a path; a temporary file keeps .gz detection and header checks as for a file.
-            suffix = ".nii.gz" if label.lower().endswith(".gz") else ".nii"
-            with tempfile.TemporaryDirectory() as tmp:
-                p = Path(tmp) / f"upload{suffix}"
-                p.write_bytes(data)
-                img = nib.load(str(p))
-                arr = np.asarray(img.dataobj, dtype=np.float32)
-                affine = np.asarray(img.affine, dtype=float)
-        except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
-            return SeriesLoad(label, error=f"{label}: not a readable NIfTI volume ({exc})")
-        if arr.ndim == 4 and arr.shape[3] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != 3:
-            return SeriesLoad(label, error=f"{label}: expected a 3-D volume, got shape {arr.shape}")
-        if min(arr.shape) < 2:
-            return SeriesLoad(label, error=f"{label}: a volume needs at least 2 slices on every axis, got {arr.shape}")
-        if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-            return SeriesLoad(label, error=f"{label}: the NIfTI affine is missing or degenerate, so the orientation "
-                                           "of the slices is unknown")
-        return SeriesLoad(label, from_ras_voxels(arr, affine, label, content_key(data), "NIfTI"))
-
-
-def expand_zip(name: str, data: bytes) -> list[tuple[str, bytes]]:
-    """The files inside a ``.zip`` upload as (member path, bytes); folders and macOS metadata skipped.
-    Raises ``ImageLoadError`` for an unreadable or oversized archive (checked before expanding)."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = [i for i in zf.infolist() if not i.is_dir() and not Path(i.filename).name.startswith(".")
-                 and "__MACOSX" not in i.filename]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ImageLoadError(f"{name}: not a readable zip archive ({exc})") from None
-    if len(infos) > MAX_ZIP_MEMBERS:
-        raise ImageLoadError(f"{name}: {len(infos)} files in the archive, over the {MAX_ZIP_MEMBERS} limit")
-    if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-        raise ImageLoadError(f"{name}: the archive expands to over {MAX_ZIP_BYTES // 1024 ** 3} GB; refused")
-    try:
-        return [(f"{name}/{i.filename}", zf.read(i)) for i in infos]
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ImageLoadError(f"{name}: the zip archive is damaged ({exc})") from None
-
-
-def _readers() -> list[SeriesReader]:
-    from core.io.series_dicom import DicomSeriesReader
-
-    return [NiftiReader(), DicomSeriesReader()]
-
-
-def read_series(files: list[tuple[str, bytes]]) -> list[SeriesLoad]:
-    """Every series in an upload: NIfTI files, DICOM files (any mix of series, in any order) and zips of them.
-
-    Returns one :class:`SeriesLoad` per series (and one per file or archive that could not be read at all);
-    a broken series carries its reason and the others are read normally. Never raises for bad input.
-    """
-    flat: list[tuple[str, bytes]] = []
-    out: list[SeriesLoad] = []
-    for name, data in files:
-        if name.lower().endswith(".zip"):
-            try:
-                flat.extend(expand_zip(name, data))
-            except ImageLoadError as exc:
-                out.append(SeriesLoad(Path(name).name, error=str(exc)))
-        else:
-            flat.append((name, data))
-    readers = _readers()
-    routed: list[list[tuple[str, bytes]]] = [[] for _ in readers]
-    for name, data in flat:
-        for r, bucket in zip(readers, routed):
-            if r.accepts(name, data):
-                bucket.append((name, data))
-                break
-        else:
-            out.append(SeriesLoad(Path(name).name, error=f"{Path(name).name}: not a NIfTI volume or a DICOM file; "
-                                                       "skipped"))
-    loads = [load for r, bucket in zip(readers, routed) if bucket for load in r.read(bucket)]
-    return loads + out
-
-
-def read_paths(paths: list[str | Path]) -> list[SeriesLoad]:
-    """:func:`read_series` for files and folders on disk (a folder: every file under it)."""
-    files: list[tuple[str, bytes]] = []
-    for p in map(Path, paths):
-        members = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        files.extend((str(q), q.read_bytes()) for q in members)
-    return read_series(files)

@@ -19,8 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from core.io.dicom import SAFE_TAGS, _tag_text
-from core.io.image import looks_like_dicom
+from core.io.dicom import SAFE_TAGS, looks_like_dicom, tag_text
 from core.io.series import SeriesLoad, SeriesReader, content_key, from_ras_voxels
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -275,7 +274,7 @@ class DicomSeriesReader(SeriesReader):
             members.sort(key=lambda m: m[0])
             first = members[0][1]
             label = _series_label(first, f"Series {number} ({members[0][0]})")
-            tags = {k: v for k in SAFE_TAGS if (v := _tag_text(first, k)) is not None}
+            tags = {k: v for k in SAFE_TAGS if (v := tag_text(first, k)) is not None}
             if first.get("SeriesNumber") not in (None, ""):
                 tags["SeriesNumber"] = str(first.get("SeriesNumber"))
             try:

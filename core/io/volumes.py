@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from core.errors import ImageLoadError
-from core.io.image import DecodedImage
+from core.io.types import DecodedImage
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

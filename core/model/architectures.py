@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from core.errors import PretrainedUnavailableError
+from core.model.pretrained import BN_EPS, grey_stem, load_imagenet_state
 
 
 class Classifier(nn.Module):
@@ -113,8 +114,6 @@ def efficientnet_lite0(in_channels: int, num_classes: int, pretrained: bool = Fa
     is the other Grad-CAM layer on offer (``CAM_LAYERS``).
     """
     import timm
-
-    from core.model.pretrained import BN_EPS, grey_stem, load_imagenet_state
 
     net = timm.create_model("efficientnet_lite0", pretrained=False, in_chans=in_channels, num_classes=0,
                             bn_eps=BN_EPS)

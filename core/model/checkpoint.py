@@ -9,20 +9,22 @@ Layout of a model folder (``weights/`` ships one)::
     metrics.json        full evaluation written by train.py (dashboard metrics page)
     data_audit.json     the data audit report
 
-Loading refuses a weights file whose SHA-256 differs from the card's.
+Loading refuses a weights file whose SHA-256 differs from the card's (``core.model.integrity``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
+from core.paths import WEIGHTS_DIR
 from core.errors import CheckpointError
 from core.model.architectures import Classifier, build_model
+from core.model.card import ModelCard, WeightsRecord
+from core.model.integrity import read_verified, sha256_file
 from core.inference.ood import MahalanobisOOD
 from core.preprocess import PreprocessSpec
 from core.model.tta import check_tta
@@ -31,38 +33,9 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 METRICS_FILE = "metrics.json"
 AUDIT_FILE = "data_audit.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL_DIR = WEIGHTS_DIR
 DEFAULT_MODEL_NAME = "brain-mri-slice-classifier"  # the default (cross-source) model's card name
-INTENDED_USE = ("Research use only, not for diagnosis. Classifies single 2-D brain MRI slices into "
-                "the trained classes to support research and review; not a medical device, not "
-                "validated for clinical decisions.")
 _OOD_PREFIX = "ood."
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_verified(path: Path, expected_sha256: str, what: str, source: str,
-                  error: type[Exception] = CheckpointError) -> bytes:
-    """The bytes of ``path``, refused with ``error`` unless their SHA-256 is ``expected_sha256``.
-
-    Read once, then hashed and parsed from the same bytes: the file cannot be swapped in between. ``what``
-    names the file and ``source`` where the expected hash comes from, in the message.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise error(f"{what} {path.name} cannot be read ({exc.strerror or exc})") from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != expected_sha256:
-        raise error(f"{what} {path.name} failed its integrity check: SHA-256 is {actual[:12]}…, {source} expects "
-                    f"{expected_sha256[:12]}…. The file was modified or truncated; refusing to load it.")
-    return raw
 
 
 @dataclass
@@ -70,7 +43,7 @@ class ModelBundle:
     """Everything needed to serve a model; built by :func:`load_bundle`."""
 
     model: Classifier  # on CPU, eval mode
-    card: dict
+    card: ModelCard
     spec: PreprocessSpec
     class_names: list[str]
     temperature: float
@@ -79,54 +52,27 @@ class ModelBundle:
 
     @property
     def version(self) -> str:
-        return str(self.card.get("version", "unknown"))
+        return "unknown" if self.card.version is None else str(self.card.version)
 
     @property
     def name(self) -> str:
-        return str(self.card.get("name", "model"))
+        return "model" if self.card.name is None else str(self.card.name)
 
     @property
     def identity(self) -> dict:
-        """What decides this model's outputs: see :func:`model_identity`."""
-        return model_identity(self.card)
+        """What decides this model's outputs: see :attr:`ModelCard.identity`."""
+        return self.card.identity
 
     @property
     def tta(self) -> str:
         """Test-time augmentation the model was calibrated and evaluated with (``core.model.tta``); cards
         written before the field existed mean "none"."""
-        return str(self.identity["tta"])
+        return str(self.card.inference.tta)
 
 
-def kept_validation(training: dict) -> dict:
-    """The validation figures of the weights a card's ``training`` record kept: the row of the chosen epoch in
-    ``history``, for the raw or the averaged (EMA) weights, with the ``ema_`` prefix removed (so ``score`` is the
-    selection score). A re-fit (``--epochs 0``) keeps its parent's weights and reports the figures recorded in
-    ``init_from``. ``{}`` when nothing was recorded."""
-    if not training.get("epochs_run"):
-        return (training.get("init_from") or {}).get("validation_scores") or {}
-    history, best = training.get("history") or [], training.get("best_epoch") or 0
-    if not 0 < best <= len(history):
-        return {}
-    ema = training.get("best_weights") == "ema"
-    return {k.removeprefix("ema_"): v for k, v in history[best - 1].items() if k.startswith("ema_") == ema}
-
-
-def model_identity(card: dict) -> dict:
-    """{"sha256", "version", "tta"} of a model card.
-
-    The weights' SHA-256 alone does not identify a model's outputs: ``train.py --epochs 0``
-    re-fits calibration and test-time augmentation for unchanged weights. A report made for
-    a model (the stress test) records this and is shown only for an equal one.
-    """
-    return {"sha256": card.get("weights", {}).get("sha256"), "version": card.get("version"),
-            "tta": card.get("inference", {}).get("tta", "none")}
-
-
-def save_bundle(folder: str | Path, model: Classifier, card: dict, ood: MahalanobisOOD | None = None) -> dict:
-    """Write weights and card; fills ``card['weights']`` with file name, size and SHA-256.
-
-    Weights are stored in float32; the card is returned as written.
-    """
+def save_weights(folder: str | Path, model: Classifier, ood: MahalanobisOOD | None = None) -> WeightsRecord:
+    """Write ``model.safetensors`` (float32 state dict + OOD statistics) into ``folder``; returns the card's
+    ``weights`` record: file name, size and SHA-256."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -135,41 +81,64 @@ def save_bundle(folder: str | Path, model: Classifier, card: dict, ood: Mahalano
         tensors[_OOD_PREFIX + "precision"] = ood.precision.cpu().contiguous()
     wpath = folder / WEIGHTS_FILE
     save_file(tensors, str(wpath), metadata={"format": "pt"})
-    card = dict(card)
-    card["weights"] = {"file": WEIGHTS_FILE, "bytes": wpath.stat().st_size, "sha256": sha256_file(wpath)}
-    (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
+    return WeightsRecord(file=WEIGHTS_FILE, bytes=wpath.stat().st_size, sha256=sha256_file(wpath))
+
+
+def write_card(folder: str | Path, card: ModelCard) -> None:
+    """Write ``model_card.json`` (indented JSON, keys in the card's order)."""
+    (Path(folder) / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2))
+
+
+def save_bundle(folder: str | Path, model: Classifier, card: ModelCard,
+                ood: MahalanobisOOD | None = None) -> ModelCard:
+    """Write weights and card; the card is returned as written, its ``weights`` record filled in."""
+    card = replace(card, weights=save_weights(folder, model, ood))
+    write_card(folder, card)
     return card
 
 
-def read_card(folder: str | Path = DEFAULT_MODEL_DIR) -> dict:
+def read_card(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelCard:
+    """The card of a model folder; :class:`CheckpointError` when it is missing, not JSON or malformed."""
     path = Path(folder) / CARD_FILE
     try:
-        return json.loads(path.read_text())
+        return ModelCard.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"model card not found: {path}. Train a model with train.py first.") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"model card {path} is not valid JSON ({exc})") from None
+    except (TypeError, AttributeError) as exc:
+        raise CheckpointError(f"model card {path} is malformed ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"model card {path}: {exc}") from None
 
 
-def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
+def _missing_field(card: ModelCard) -> str | None:
+    """The first field :func:`load_bundle` needs that the card lacks, or None."""
+    if card.weights.file is None or card.weights.sha256 is None:
+        return "weights"
+    if not card.architecture.name:
+        return "architecture"
+    if not card.class_names:
+        return "class_names"
+    return "input_spec" if card.input_spec is None else None
+
+
+def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR, card: ModelCard | None = None) -> ModelBundle:
     """Load and verify a model folder. Raises :class:`CheckpointError` with a clear reason.
 
-    The weights file's SHA-256 must equal the card's; tensors are read with
-    safetensors, which executes no code.
+    The weights file's SHA-256 must equal the card's; tensors are read with safetensors, which executes no code.
+    ``card`` replaces the folder's card (train.py evaluates its saved weights before the card is final).
     """
     folder = Path(folder)
-    card = read_card(folder)
+    card = read_card(folder) if card is None else card
+    missing = _missing_field(card)
+    if missing is not None:
+        raise CheckpointError(f"model card {folder / CARD_FILE} is missing field '{missing}'")
     try:
-        wfile = folder / card["weights"]["file"]
-        expected = card["weights"]["sha256"]
-        arch = card["architecture"]
-        class_names = list(card["class_names"])
-        spec = PreprocessSpec.from_dict(card["input_spec"])
-        check_tta(str(model_identity(card)["tta"]))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"model card {folder / CARD_FILE} is missing field {exc}") from None
+        check_tta(str(card.inference.tta))
     except ValueError as exc:
         raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
+    wfile, expected, arch = folder / card.weights.file, card.weights.sha256, card.architecture
     if not wfile.is_file():
         raise CheckpointError(f"weights file not found: {wfile}")
     raw = read_verified(wfile, expected, "weights file", "the model card", CheckpointError)
@@ -181,15 +150,15 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR) -> ModelBundle:
     ood = None
     if _OOD_PREFIX + "means" in tensors:
         ood = MahalanobisOOD(tensors.pop(_OOD_PREFIX + "means"), tensors.pop(_OOD_PREFIX + "precision"),
-                             float(card.get("ood", {}).get("threshold", float("inf"))))
+                             float(card.ood.threshold))
+    spec, class_names = card.input_spec, list(card.class_names)
     try:
-        model = build_model(arch["name"], spec.channels, len(class_names), cam_layer=arch.get("cam_layer"))
+        model = build_model(arch.name, spec.channels, len(class_names), cam_layer=arch.cam_layer)
     except ValueError as exc:
         raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not match architecture {arch['name']!r}: {exc}") from None
+        raise CheckpointError(f"weights do not match architecture {arch.name!r}: {exc}") from None
     model.eval()
-    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    return ModelBundle(model, card, spec, class_names, temperature, ood, expected)
+    return ModelBundle(model, card, spec, class_names, float(card.calibration.temperature), ood, expected)

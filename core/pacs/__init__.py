@@ -1,2 +1,3 @@
-"""PACS over DICOMweb: the client (search, retrieve, store) and the retrieve -> review -> send workflow.
+"""PACS over DICOMweb: ``client`` (search, retrieve, store, with timeouts and bounded retries) and ``workflow``
+(retrieve one series -> review -> build the SR and captures -> send back).
 """

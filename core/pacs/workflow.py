@@ -85,7 +85,7 @@ def retrieve_for_review(config: PacsConfig, study_uid: str, series_uid: str,
     import pydicom
 
     from core.report.sr import filing_header
-    from core.io.series import read_paths
+    from core.io.read_series import read_paths
 
     try:
         if workdir is not None:
@@ -154,15 +154,16 @@ def key_slices(review_result, limit: int = MAX_KEY_SLICES) -> list[int]:
     return (positive or review_result.top_slices[:1])[:limit]
 
 
-def overlays(predictor, retrieved: RetrievedSeries, review_result, method: str = "gradcam",
+def overlays(explainer, retrieved: RetrievedSeries, review_result, method: str = "gradcam",
              limit: int = MAX_KEY_SLICES) -> list[tuple[int, np.ndarray]]:
-    """(slice index, uint8 RGB heatmap overlay) of each key slice, as the model saw it."""
+    """(slice index, uint8 RGB heatmap overlay) of each key slice, as the model saw it. ``explainer``: the
+    ``core.explain.cam.Explainer`` of the predictor that made ``review_result``."""
     from core.explain.cam import overlay
-    from core.inference.study import slice_cam
+    from core.explain.study_cams import slice_cam
 
     out = []
     for k in key_slices(review_result, limit):
-        cam, item = slice_cam(predictor, retrieved.series, review_result, k, method)
+        cam, item = slice_cam(explainer, retrieved.series, review_result, k, method)
         out.append((k, overlay(item, cam.heatmap)))
     return out
 

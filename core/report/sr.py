@@ -31,8 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: the card module pulls in torch, which an SR does not need
+    from core.model.card import ModelCard
 
 NOTICE = "Research use only, not for diagnosis."
 MANUFACTURER = "brain-mri-slice-review"
@@ -72,11 +76,10 @@ class ModelIdentity:
     tta: str = "none"  # test-time augmentation changes outputs for the same weights, so it is recorded too
 
     @classmethod
-    def from_card(cls, card: dict) -> ModelIdentity:
+    def from_card(cls, card: ModelCard) -> ModelIdentity:
         """From a model card (``weights/model_card.json``)."""
-        return cls(name=str(card.get("name") or "unnamed-model"), version=str(card.get("version") or ""),
-                   weights_sha256=str(card.get("weights", {}).get("sha256") or ""),
-                   tta=str(card.get("inference", {}).get("tta") or "none"))
+        return cls(name=str(card.name or "unnamed-model"), version=str(card.version or ""),
+                   weights_sha256=str(card.weights.sha256 or ""), tta=str(card.inference.tta or "none"))
 
 
 def _codes():

@@ -24,8 +24,10 @@ import unicodedata
 from contextlib import closing
 from pathlib import Path
 
+from core.paths import APP_DATA_DIR
+
 AUDIT_DB_NAME = "audit.sqlite3"
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the app's data folder (app_config.py)
+DEFAULT_DATA_DIR = APP_DATA_DIR
 
 
 def default_audit_path() -> Path:

@@ -29,12 +29,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from core.paths import REPO_ROOT
 from core.io.files import is_uri
-from core.io.image import DEFAULT_LIMITS, DecodeLimits
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.inference.pipeline import PipelineBatch, Result, Source, load_file, predict_batch
 
 RAY_PIN = "2.60.0"  # the version requirements.txt installs
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 WINDOW = 8192  # paths handed to Ray per dataset: the driver never holds a whole archive's list
 
 
@@ -86,6 +87,7 @@ class _PredictStage:
         from core.model.device import select_device
         from core.errors import CheckpointError
         from core.inference.predictor import Predictor
+        from core.explain.cam import Explainer
 
         bundle = load_bundle(weights)  # the weights' SHA-256 is checked against their card here
         if bundle.sha256 != model_sha256:
@@ -94,9 +96,11 @@ class _PredictStage:
         # Ray hides the GPUs an actor did not reserve, so "auto" is CPU on a CPU actor.
         self.predictor = Predictor(bundle, select_device(device), precision, batch_size)
         self.cam_method = cam_method
+        self.explainer = Explainer(self.predictor) if cam_method else None  # this actor's own, for its model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = predict_batch(self.predictor, PipelineBatch(list(batch["result"]), None), self.cam_method)
+        out = predict_batch(self.predictor, PipelineBatch(list(batch["result"]), None), self.cam_method,
+                            explainer=self.explainer)
         return {"i": batch["i"], "result": _objects(out)}
 
 

@@ -1,4 +1,4 @@
-"""Result rows as Parquet shards, for runs too large for one CSV to be handy (``core.review.folder --parquet-dir``).
+"""Result rows as Parquet shards, for runs too large for one CSV to be handy (``python -m core.batch --parquet-dir``).
 
 The shards hold the CSV's columns (:func:`core.review.folder.csv_columns`), in its order, typed: probabilities,
 confidence and CAM peaks as float64 (null on error rows), ``ood``/``uncertain``/``correct`` as bool (null where

@@ -1,22 +1,22 @@
 """Batch review of a folder of studies: one CSV row per series plus a per-slice CSV (no streamlit).
 
-    python -m core.batch FOLDER --studies --out series.csv [--slices-out slices.csv] [--resume] [--plane axial]
+The library behind ``python -m core.batch FOLDER --studies`` (its command line is :mod:`core.batch`) and the
+dashboard's study job (``ui.study_job``). A *study input* is what :func:`iter_study_inputs` finds under the
+folder, walked lazily in sorted order: a NIfTI file (``.nii``, ``.nii.gz``), a ``.zip`` (of DICOM files and/or
+NIfTI volumes) or a folder holding DICOM files directly (its own files only: each sub-folder is an input of its
+own). An input may hold several series (a folder or zip of several DICOM series): each becomes a row. Every
+series is reviewed by :func:`core.inference.study.review_series` (the one pipeline's stages), so the rows say
+what the Study review page says.
 
-A *study input* is what :func:`iter_study_inputs` finds under the folder, walked lazily in sorted order: a NIfTI
-file (``.nii``, ``.nii.gz``), a ``.zip`` (of DICOM files and/or NIfTI volumes) or a folder holding DICOM files
-directly (its own files only: each sub-folder is an input of its own). An input may hold several series (a
-folder or zip of several DICOM series): each becomes a row. Every series is reviewed by
-:func:`core.inference.study.review_series` (the one pipeline's stages), so the rows say what the Study review page says.
-
-As ``core.review.folder.run_batch`` does for files: rows are appended and flushed one input at a time (an interruption
-loses at most the input in flight) and ``resume`` skips every input already in the CSV; a series or an input
-that cannot be read becomes a row with the reason in ``error`` and the run goes on; ``cancel`` stops before the
-next input; every row is appended to the audit trail, identified by the series' content hash only. No DICOM
-patient tag is ever read out of the files (``core.io.series_dicom`` keeps only ``core.io.dicom.SAFE_TAGS``).
+As ``core.review.folder.run_batch`` does for files (the same :class:`core.review.results_csv.ResultsCsv`): rows
+are appended and flushed one input at a time (an interruption loses at most the input in flight) and ``resume``
+skips every input already in the CSV; a series or an input that cannot be read becomes a row with the reason in
+``error`` and the run goes on; ``cancel`` stops before the next input; every row is appended to the audit trail,
+identified by the series' content hash only. No DICOM patient tag is ever read out of the files
+(``core.io.series_dicom`` keeps only ``core.io.dicom.SAFE_TAGS``).
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 import threading
@@ -26,11 +26,14 @@ from typing import Iterator
 
 from core.review.audit_trail import AuditTrail
 from core.review.folder import MODEL_COLUMNS, model_fields  # the same model columns as the rows of single slices
-from core.io.files import resolve_within
-from core.io.image import looks_like_dicom
+from core.io.files import IMAGE_EXTENSIONS, iter_image_files, resolve_within
+from core.io.dicom import looks_like_dicom
 from core.inference.predictor import Predictor
-from core.io.series import NIFTI_SUFFIXES, SeriesLoad, content_key, read_series
+from core.io.read_series import read_series
+from core.io.series import SeriesLoad, content_key
 from core.io.series_dicom import DICOM_SUFFIXES
+from core.io.volumes import NIFTI_SUFFIXES
+from core.review.results_csv import ResultsCsv, done_paths
 from core.inference.study import SeriesReview, load_rule, review_series, rule_model_sha256
 
 SERIES_COLUMNS = ("path", "series", "series_sha256", "format", "plane", "n_slices", "verdict", "tumour",
@@ -126,8 +129,6 @@ def is_study_folder(root: str | Path) -> bool:
     """A folder ``python -m core.batch`` reviews as studies without ``--studies``: it holds NIfTI volumes or zips
     and no 2-D image file (JPG, PNG, TIFF, BMP). DICOM files alone stay one row per file, as before, unless
     ``--studies`` is given: a folder of single DICOM slices is a valid 2-D batch."""
-    from core.io.files import IMAGE_EXTENSIONS, iter_image_files
-
     root = Path(root)
     if not root.is_dir():
         return False
@@ -198,37 +199,8 @@ def _read_input(inp: StudyInput, rel: str) -> tuple[list[SeriesLoad], str]:
     return loads, key
 
 
-def _check_header(path: Path, columns: list[str]) -> None:
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
-    if header is not None and header != list(columns):
-        raise ValueError(f"{path} has other columns than this version writes (an older CSV or another model's "
-                         "classes); resume into a new file")
-
-
-def _open_csv(path: Path | None, columns: list[str], resume: bool):
-    if path is None:
-        return None, None
-    append = resume and path.exists()
-    if append:
-        _check_header(path, columns)
-    handle = open(path, "a" if append else "w", newline="")
-    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-    if not append:
-        writer.writeheader()
-        handle.flush()
-    return handle, writer
-
-
-def done_inputs(out_csv: Path) -> set[str]:
-    """Inputs already in a series CSV (``resume``)."""
-    if not out_csv.exists():
-        return set()
-    with open(out_csv, newline="") as f:
-        return {r["path"] for r in csv.DictReader(f) if r.get("path")}
-
-
 def default_slices_path(out_csv: str | Path) -> Path:
+    """Where the per-slice CSV goes when not named: next to the series CSV, ``<stem>_slices.csv``."""
     out = Path(out_csv)
     return out.with_name(f"{out.stem}_slices.csv")
 
@@ -255,16 +227,14 @@ def run_studies(predictor: Predictor, root: str | Path, out_csv: str | Path | No
     rule_for_model = rule_model_sha256() == predictor.bundle.sha256
     out_path = Path(out_csv) if out_csv else None
     slices_path = Path(slices_csv) if slices_csv else (default_slices_path(out_path) if out_path else None)
-    skip = done_inputs(out_path) if (out_path and resume) else set()
-    cols = slice_columns(predictor.class_names)
-    if out_path and resume and out_path.exists():
-        _check_header(out_path, list(SERIES_COLUMNS))  # before anything is opened for writing
-    handle, writer = _open_csv(out_path, list(SERIES_COLUMNS), resume)
+    skip = done_paths(out_path) if (out_path and resume) else set()
+    # Each header is checked before its file is opened for writing; a refused slices CSV closes the series one.
+    series_table = ResultsCsv(out_path, SERIES_COLUMNS, resume) if out_path else None
     try:
-        s_handle, s_writer = _open_csv(slices_path, cols, resume)
+        slice_table = ResultsCsv(slices_path, slice_columns(predictor.class_names), resume) if slices_path else None
     except BaseException:
-        if handle is not None:
-            handle.close()
+        if series_table is not None:
+            series_table.close()
         raise
     try:
         for inp in iter_study_inputs(root, skipped):
@@ -294,72 +264,16 @@ def run_studies(predictor: Predictor, root: str | Path, out_csv: str | Path | No
                     error=audit_error(error, rel) if error else None))
             # Slices first: a crash between the two writes re-reviews the input on resume rather than leaving
             # a series row whose slices are missing.
-            if s_writer is not None:
-                s_writer.writerows(slices)
-                s_handle.flush()
-            if writer is not None:
-                writer.writerows(rows)
-                handle.flush()
+            if slice_table is not None:
+                slice_table.write(slices)
+            if series_table is not None:
+                series_table.write(rows)
             if audit is not None:
                 audit.record_many(records)
             if slice_sink is not None:
                 slice_sink.extend(slices)
             yield from rows
     finally:
-        for h in (handle, s_handle):
-            if h is not None:
-                h.close()
-
-
-def add_study_arguments(p) -> None:
-    """The ``--studies`` options of ``python -m core.batch`` (an ``argparse.ArgumentParser``)."""
-    p.add_argument("--studies", action="store_true",
-                   help="SOURCE is a folder of studies (NIfTI volumes, DICOM series folders, zips of them): one row "
-                        "per series in --out and one row per slice in --slices-out. Chosen automatically for a "
-                        "folder with studies and no 2-D image files")
-    p.add_argument("--slices-out", default=None, help="with --studies: the per-slice CSV (default <out>_slices.csv)")
-    p.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"),
-                   help="with --studies: the reading plane (the model and the series rule were chosen on axial)")
-
-
-def run_cli(args, predictor: Predictor) -> int:
-    """``python -m core.batch --studies``: run :func:`run_studies` with a progress bar; returns the exit code."""
-    import sqlite3
-    import sys
-
-    from tqdm import tqdm
-
-    from core.review.audit_trail import default_audit_path
-
-    if args.engine != "local" or args.cam_method or getattr(args, "parquet_dir", None):
-        print("error: --studies runs on the local engine, without --cam-method or --parquet-dir (the Study review "
-              "page shows each slice's heatmap)", file=sys.stderr)
-        return 2
-    try:
-        audit = None if args.no_audit else AuditTrail(args.audit_db or default_audit_path())
-    except (OSError, sqlite3.Error) as exc:
-        print(f"error: cannot open the audit trail ({exc}); fix the path or pass --no-audit", file=sys.stderr)
-        return 2
-    slices = args.slices_out or default_slices_path(args.out)
-    skipped: list[tuple[str, str]] = []
-    done = errors = 0
-    seen: set[str] = set()
-    try:
-        with tqdm(total=count_study_inputs(args.folder), desc="reviewing studies", unit="study") as bar:
-            for row in run_studies(predictor, args.folder, args.out, slices, plane=args.plane, resume=args.resume,
-                                   audit=audit, skipped=skipped, chunk=max(1, args.chunk_size)):
-                done, errors = done + 1, errors + bool(row["error"])
-                if row["path"] not in seen:  # the bar counts inputs; an input may hold several series
-                    seen.add(row["path"])
-                    bar.update(1)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {done} series rows saved in {args.out}; rerun with --resume to continue",
-              file=sys.stderr)
-        return 130
-    except ValueError as exc:  # e.g. --resume into a CSV with other columns
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path, why in skipped:
-        print(f"skipped {path}: {why}", file=sys.stderr)
-    print(f"wrote {done} series rows ({errors} unreadable) to {args.out} and their slices to {slices}")
-    return 0
+        for table in (series_table, slice_table):
+            if table is not None:
+                table.close()

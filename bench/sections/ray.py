@@ -6,9 +6,10 @@ started here with every core. The Ray figure counts its actors' start-up (model 
 but not ``ray.init`` (a cluster is started once and then serves many runs). Rows are compared: same files,
 classes and errors, and the largest probability difference. The memory part runs the Ray engine over a list
 file of 20,000 small generated slices and samples this (driver) process's RSS as rows arrive: flat means the
-driver holds a bounded window of paths and blocks, not the run. Standalone:
+driver holds a bounded window of paths and blocks, not the run. ``python -m bench`` runs it on a CPU with trained
+weights (``--skip ray`` leaves it out); standalone:
 
-    python -m bench.ray_section --weights weights --data ../shared/data/brain-tumor-mri/Testing --images 1311 \
+    python -m bench.sections.ray --weights weights --data ../shared/data/brain-tumor-mri/Testing --images 1311 \
         --memory-files 20000 [--out bench/results/ray-....json]
 """
 from __future__ import annotations
@@ -21,6 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.context import BenchContext
+
+KEY = "ray"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -175,7 +180,7 @@ def driver_memory(predictor, weights: str, n_files: int = 20_000, batch_size: in
     return out
 
 
-def section(predictor, weights: str, files: list[Path] | None, batch_size: int = 16,
+def ray_vs_local(predictor, weights: str, files: list[Path] | None, batch_size: int = 16,
             local_workers: tuple[int, ...] = (0, 2), cpus: int | None = None, rounds: int = 2,
             memory_files: int = 20_000) -> dict:
     """Both parts on one local Ray: the engine comparison over ``files`` (skipped, with the reason, when there
@@ -195,6 +200,19 @@ def section(predictor, weights: str, files: list[Path] | None, batch_size: int =
         if started:
             import_ray().shutdown()
     return out
+
+
+def wanted(ctx: BenchContext) -> bool:
+    return ctx.cfg["ray"] and ctx.weights != "random" and KEY not in ctx.skip and ctx.device.type == "cpu"
+
+
+def measure(ctx: BenchContext) -> dict:
+    return ray_vs_local(ctx.ours, ctx.weights, ctx.files, 16, (0, ctx.cores), ctx.cores,
+                        memory_files=ctx.cfg["ray_memory_files"])
+
+
+def render(r: dict) -> str:
+    return ""  # the README's "Scaling out" section quotes its figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     files = files[:args.images] if args.images else files
     predictor = Predictor(load_bundle(args.weights), torch.device("cpu"), batch_size=args.batch_size)
     workers = tuple(int(w) for w in args.local_workers.split(","))
-    r = section(predictor, args.weights, files, args.batch_size, workers, rounds=args.rounds,
+    r = ray_vs_local(predictor, args.weights, files, args.batch_size, workers, rounds=args.rounds,
                 memory_files=args.memory_files)
     r["load_average_after"] = list(os.getloadavg())  # other work on the machine: the figures are only as clean
     r["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    r["command"] = " ".join(["python -m bench.ray_section", *(sys.argv[1:] if argv is None else argv)])
+    r["command"] = " ".join(["python -m bench.sections.ray", *(sys.argv[1:] if argv is None else argv)])
     text = json.dumps(r, indent=2)
     print(text)
     if args.out:

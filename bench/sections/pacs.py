@@ -6,9 +6,10 @@ series (files deleted), every slice predicted, the verdict, the key slices' heat
 built and STOW-RS stored. The studies are distinct (own UIDs), each the same 155-slice volume: a BraTS FLAIR volume
 from ``../shared/data/volumes`` when present, else a synthetic head. The process's RSS is read after every study
 (after ``gc.collect``): flat means the 20th study costs no more memory than the 5th. Skipped, with the reason,
-when Orthanc is not installed. Standalone:
+when Orthanc is not installed. ``python -m bench`` runs it in a full CPU run with trained weights (``--skip pacs``
+leaves it out); standalone:
 
-    python -m bench.pacs_section --weights weights [--studies 20]
+    python -m bench.sections.pacs --weights weights [--studies 20]
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO, rss_mb
+from bench.context import BenchContext
+
+KEY = "pacs"
 VOLUME = REPO.parent / "shared" / "data" / "volumes" / "brats2013" / "brats2013_pat0004_1" / "flair.nii.gz"
 TARGET_SECONDS = 10.0
 
@@ -42,14 +46,9 @@ def _slices(volume_path: Path, n: int) -> tuple[np.ndarray, str]:
     return vol / max(float(vol.max()), 1.0) * 4000.0, f"synthetic head, {n} slices of 240x240"
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2 ** 20
-
-
-def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Path = VOLUME) -> dict:
-    """Seconds per study (retrieve, read, review, heatmaps, build, store) and RSS after each of ``studies``."""
+def pacs_bench(predictor, explainer, studies: int = 20, slices: int = 155, volume_path: Path = VOLUME) -> dict:
+    """Seconds per study (retrieve, read, review, heatmaps, build, store) and RSS after each of ``studies``;
+    ``explainer``: the ``core.explain.cam.Explainer`` of ``predictor``."""
     from core.pacs import workflow as wf
     from core.pacs.client import PacsConfig
     from core.report.sr import ModelIdentity
@@ -59,8 +58,9 @@ def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Pat
     if reason:
         return {"skipped": reason}
     volume, source = _slices(Path(volume_path), slices)
-    method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
-    predictor.warmup(method)  # as the dashboard does once when it loads the model
+    method = predictor.bundle.card.explanation.method or "gradcam"
+    predictor.warmup()  # as the dashboard does once when it loads the model
+    explainer.warmup(method)
     model = ModelIdentity.from_card(predictor.bundle.card)
     with tempfile.TemporaryDirectory(prefix="bench-pacs-") as tmp:
         server = OrthancServer(Path(tmp) / "orthanc").start()
@@ -77,7 +77,7 @@ def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Pat
             cfg = PacsConfig(url=server.url, user=server.user, password=server.password)
             rows, rss = [], []
             gc.collect()
-            rss_start = _rss_mb()
+            rss_start = rss_mb()
             for study_uid, series_uid in uids:
                 t = {}
                 t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Pat
                 result = wf.review(predictor, retrieved)
                 t["review"] = time.perf_counter() - t1
                 t1 = time.perf_counter()
-                overlays = wf.overlays(predictor, retrieved, result, method)
+                overlays = wf.overlays(explainer, retrieved, result, method)
                 t["heatmaps"] = time.perf_counter() - t1
                 t1 = time.perf_counter()
                 outputs = wf.build_outputs(retrieved, result, model, overlays)
@@ -98,7 +98,7 @@ def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Pat
                              "verdict": result.verdict_text(), "stored": len(stored)})
                 del retrieved, result, overlays, outputs, stored
                 gc.collect()
-                rss.append(round(_rss_mb(), 1))
+                rss.append(round(rss_mb(), 1))
         finally:
             server.stop()
     totals = [r["total"] for r in rows]
@@ -117,6 +117,18 @@ def pacs_bench(predictor, studies: int = 20, slices: int = 155, volume_path: Pat
     }
 
 
+def wanted(ctx: BenchContext) -> bool:
+    return ctx.weights != "random" and KEY not in ctx.skip and not ctx.quick and ctx.device.type == "cpu"
+
+
+def measure(ctx: BenchContext) -> dict:
+    return pacs_bench(ctx.ours, ctx.explainer)
+
+
+def render(r: dict) -> str:
+    return ""  # its README line is drawn by tools.readme_sections from the newest bench/results/pacs-*.json
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=str(REPO / "weights"))
@@ -127,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from core.model.checkpoint import load_bundle
+    from core.explain.cam import Explainer
     from core.inference.predictor import Predictor
+    from core.model.checkpoint import load_bundle
 
     torch.set_num_threads(args.threads)
     predictor = Predictor(load_bundle(args.weights), torch.device("cpu"))
-    print(json.dumps(pacs_bench(predictor, args.studies, args.slices, Path(args.volume)), indent=2))
+    print(json.dumps(pacs_bench(predictor, Explainer(predictor), args.studies, args.slices, Path(args.volume)), indent=2))
     return 0
 
 

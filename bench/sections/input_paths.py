@@ -10,7 +10,7 @@ Per path: decode and crop ms per image (one core, in this process, file bytes al
 pipeline (read + decode + crop + forward; CPU: ``core.inference.pipeline.stream`` with every core decoding) and its
 fraction of the forward-only rate. Plus the JPEG decoders compared for the reduced decode.
 
-    python -m bench.input_path_section [--device auto] [--data DIR] [--images N] [--merge RESULTS_JSON]
+    python -m bench.sections.input_paths [--device auto] [--data DIR] [--images N] [--merge RESULTS_JSON]
 
 ``--merge`` adds the section to a ``python -m bench`` results file and re-renders ``bench/README_section.md`` from
 it (the README's bench block: ``python -m tools.readme_sections``); ``python -m bench`` runs it as well.
@@ -30,6 +30,10 @@ import numpy as np
 import torch
 
 from bench.common import DEFAULT_DATA, REPO, ForeignLoad, Timer, cores, interleave_classes, list_images
+from bench.context import BenchContext
+from bench.measure import e2e, forward_stats
+
+KEY = "input_paths"
 
 
 def _ms(seconds: float, n: int) -> float:
@@ -58,7 +62,9 @@ def decoder_choices(spec, datas: list[bytes]) -> dict:
     import cv2
     from PIL import Image
 
-    from core.io.image import DEFAULT_LIMITS, decode_bytes, decode_jpeg_reduced, reduction_factor
+    from core.io.decode import decode_bytes
+    from core.io.raster import decode_jpeg_reduced, reduction_factor
+    from core.io.types import DEFAULT_LIMITS
     from core.preprocess import _needed_side
 
     need = _needed_side(spec)
@@ -120,7 +126,6 @@ def _gpu_row(bundle, spec, files: list[Path], device: torch.device, bs: int) -> 
 def input_paths(bundle, device: torch.device, files: list[Path], bs: int = 64, stage_images: int = 200,
                 e2e_images: int = 384) -> dict:
     """The section's dict: ``rows`` (one per path), ``decoders``, and what was measured on what."""
-    from bench.run import e2e, forward_stats
     from core.inference.predictor import Predictor
 
     fast = replace(bundle.spec, head_search="gamma_hist")
@@ -148,8 +153,15 @@ def input_paths(bundle, device: torch.device, files: list[Path], bs: int = 64, s
             "e2e_images": min(e2e_images, len(files)), "device": str(device), "cores": n}
 
 
-def render_input_paths(sec: dict) -> str:
-    """Markdown for the README section (``bench.run.render`` appends it)."""
+def measure(ctx: BenchContext) -> dict:
+    last = ctx.cfg["sizes"][-1]
+    return input_paths(ctx.bundle, ctx.device, ctx.files, 64 if not ctx.quick else last, 200 if not ctx.quick else 8,
+                       384 if not ctx.quick else last)
+
+
+def render(r: dict) -> str:
+    """The input-path table and the reduced JPEG decoders compared, from the run's ``input_paths`` entry."""
+    sec = r.get(KEY)
     if not isinstance(sec, dict) or not sec.get("rows"):
         return ""
     head = ["path", "decode ms", "crop ms", "decode + crop ms (1 core)", "forward ms", "end to end img/s",
@@ -199,19 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         sec = input_paths(bundle, device, files, e2e_images=args.images)
     sec["other_programs"] = load.result
     sec["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    sec["command"] = " ".join(["python -m bench.input_path_section"] + (sys.argv[1:] if argv is None else argv))
+    sec["command"] = " ".join(["python -m bench.sections.input_paths"] + (sys.argv[1:] if argv is None else argv))
     print(json.dumps(sec, indent=2, default=str))
-    print(render_input_paths(sec))
+    print(render({KEY: sec}))
     if args.out:
         Path(args.out).write_text(json.dumps(sec, indent=2, default=str))
     if args.merge:
-        from bench.run import readme_section, render
+        from bench.report import readme_section, render_results
 
         path = Path(args.merge)
         r = json.loads(path.read_text())
-        r["input_paths"] = sec
+        r[KEY] = sec
         path.write_text(json.dumps(r, indent=2, default=str))
-        (REPO / "bench" / "README_section.md").write_text(readme_section(r, render(r)))
+        (REPO / "bench" / "README_section.md").write_text(readme_section(r, render_results(r)))
     return 0
 
 

@@ -10,10 +10,11 @@
 * Memory: RSS of a fresh process while it reviews a 155- and a 500-slice series: the growth over the RSS
   after reading the volume (what predicting adds) must not grow with the number of slices.
 
-    python -m bench.study_section [--weights weights] [--readme bench/README_section_study.md]
+    python -m bench.sections.study [--weights weights] [--readme bench/README_section_study.md]
 
 Writes ``bench/results/study-<machine>-<date>.json`` and the README section file (the README's ``bench``
-block includes it: ``python -m tools.readme_sections``).
+block includes it: ``python -m tools.readme_sections``). ``python -m bench`` runs it too in a full CPU run
+(``--skip study`` leaves it out), writing the same README section file.
 """
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import (REPO, ForeignLoad, cores, default_weights, load_model, machine_info, machine_slug,
+                          rss_mb, run_json)
+from bench.context import BenchContext
+
+KEY = "study"
 README_FILE = REPO / "bench" / "README_section_study.md"
 SHAPE = (240, 240, 155)
 TARGET_REVIEW_S, TARGET_SLICE_MS = 5.0, 150.0
@@ -42,13 +47,6 @@ def volume_bytes(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> bytes:
 
     vol, _ = fake_volume(np.random.default_rng(seed), shape)
     return gzip.compress(nib.Nifti1Image(vol, np.eye(4)).to_bytes(), compresslevel=1)
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _draw(series, review, k: int, cam, item, state: dict) -> None:
@@ -69,22 +67,14 @@ def _draw(series, review, k: int, cam, item, state: dict) -> None:
     state["pair"].to_json(), state["strip"].to_json()  # noqa: B018 - the serialisation st.plotly_chart does
 
 
-def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
-                  memory_slices: tuple[int, ...] = (155, 500), readme: str | Path | None = None,
-                  output: str = "") -> dict:
-    """Measure the study review (see the module docstring) with ``predictor`` (the model of ``weights``, which
-    the memory runs load in fresh processes); returns the section's results and, with ``readme``, writes the
-    README section there (``output``: the results file the figures are kept in)."""
-    import torch
-
-    from bench.common import machine_info
-    from core.io.series import read_series
-    from core.inference.study import load_rule, review_series
+def _full_reviews(predictor, explainer, rule, method: str, repeats: int) -> tuple[list[dict], tuple]:
+    """Seconds of each full review (read, predict + verdict, the shown slice's heatmap) of the synthetic volume,
+    and the last review's (series, review, shown slice, its SliceCams)."""
     from core.explain.study_cams import SliceCams
+    from core.inference.study import review_series
+    from core.io.read_series import read_series
 
-    method = (predictor.bundle.card.get("explanation") or {}).get("method") or "gradcam"
-    predictor.warmup(method)  # what the app does once when it loads the model
-    data, rule = volume_bytes(), load_rule()
+    data = volume_bytes()
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -93,12 +83,19 @@ def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
         review = review_series(predictor, series, rule)
         t2 = time.perf_counter()
         shown = review.top_slices[0] if review.top_slices else review.n_slices // 2
-        cams = SliceCams(predictor, series, review, method)
+        cams = SliceCams(explainer, series, review, method)
         cams.get(shown)
         t3 = time.perf_counter()
         runs.append({"read_s": round(t1 - t0, 3), "predict_and_verdict_s": round(t2 - t1, 3),
                      "cam_shown_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)})
-    later = runs[1:] or runs
+    return runs, (series, review, shown, cams)
+
+
+def _slice_changes(explainer, method: str, shown_state: tuple, steps: int) -> dict:
+    """ms per slice change: ``steps`` steps to the next slice (computed ahead) and ``steps`` jumps (on demand)."""
+    from core.explain.study_cams import SliceCams
+
+    series, review, shown, cams = shown_state
     state: dict = {}
     _draw(series, review, shown, *cams.get(shown), state)  # the page's figures exist once a series is shown
     ahead, demand = [], []
@@ -110,20 +107,39 @@ def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
         t = time.perf_counter()
         _draw(series, review, k, *cams.get(k), state)
         ahead.append(1000 * (time.perf_counter() - t))
-    fresh = SliceCams(predictor, series, review, method)
+    fresh = SliceCams(explainer, series, review, method)
     for j in np.linspace(5, review.n_slices - 5, steps).astype(int):  # jumps: nothing computed ahead
         t = time.perf_counter()
         _draw(series, review, int(j), *fresh.get(int(j)), state)
         demand.append(1000 * (time.perf_counter() - t))
+    return {"next_slice_computed_ahead": _stats(ahead), "jump_computed_on_demand": _stats(demand)}
+
+
+def study_section(predictor, explainer, weights: str, repeats: int = 3, steps: int = 10,
+                  memory_slices: tuple[int, ...] = (155, 500), readme: str | Path | None = None,
+                  output: str = "") -> dict:
+    """Measure the study review (see the module docstring) with ``predictor`` (the model of ``weights``, which
+    the memory runs load in fresh processes) and its ``explainer``; returns the section's results and, with
+    ``readme``, writes the README section there (``output``: the results file the figures are kept in)."""
+    import torch
+
+    from core.inference.study import load_rule
+
+    method = predictor.bundle.card.explanation.method or "gradcam"
+    predictor.warmup()  # what the app does once when it loads the model
+    explainer.warmup(method)
+    rule = load_rule()
+    runs, shown_state = _full_reviews(predictor, explainer, rule, method, repeats)
+    later = runs[1:] or runs
+    slice_change = _slice_changes(explainer, method, shown_state, steps)
+    review = shown_state[1]
     out = {
         "volume": f"synthetic {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} NIfTI (core.data.synthetic.fake_volume)",
         "cam_method": method, "precision": predictor.describe().get("precision"), "tta": predictor.tta,
         "rule": {"min_run": rule.min_run, "threshold": rule.threshold}, "verdict": review.verdict_text(),
         "first_series": runs[0], "later_series": later,
         "full_review_s_median_later": round(statistics.median(r["total_s"] for r in later), 3),
-        "slice_change_ms": {
-            "next_slice_computed_ahead": _stats(ahead),
-            "jump_computed_on_demand": _stats(demand)},
+        "slice_change_ms": slice_change,
         "memory": {str(z): memory_run(weights, z) for z in memory_slices},
     }
     out["targets"] = targets(out)
@@ -135,23 +151,25 @@ def study_section(predictor, weights: str, repeats: int = 3, steps: int = 10,
     return out
 
 
+def wanted(ctx: BenchContext) -> bool:
+    return not ctx.quick and KEY not in ctx.skip and ctx.device.type == "cpu"
+
+
+def measure(ctx: BenchContext) -> dict:
+    """Also writes its own README section (``README_FILE``); not part of ``bench/README_section.md``."""
+    return study_section(ctx.ours, ctx.explainer, ctx.weights, readme=README_FILE,
+                         output=f"bench/results/{ctx.out.name}")
+
+
 def _stats(ms: list[float]) -> dict:
     return {"p50": round(statistics.median(ms), 1), "max": round(max(ms), 1), "n": len(ms)}
 
 
 def memory_run(weights: str, slices: int, timeout: float = 900) -> dict:
     """Peak RSS growth while a fresh process reviews a ``slices``-slice series (see :func:`memory_child`)."""
-    from bench.common import run_json
-
-    cmd = [sys.executable, "-m", "bench.study_section", "--memory-child", str(slices),
+    cmd = [sys.executable, "-m", "bench.sections.study", "--memory-child", str(slices),
            "--weights", str(weights)]
     return run_json(cmd, timeout)
-
-
-def _weights_default() -> str:
-    from bench.common import real_weights_ready
-
-    return str(REPO / "weights") if real_weights_ready(REPO / "weights") else "random"
 
 
 def memory_child(weights: str, slices: int) -> dict:
@@ -159,21 +177,20 @@ def memory_child(weights: str, slices: int) -> dict:
     chunk. ``growth_mb``: the highest RSS during the review minus the RSS once the volume was read."""
     import torch
 
-    from bench.common import cores, load_model
     from core.inference.predictor import Predictor
-    from core.io.series import read_series
+    from core.io.read_series import read_series
     from core.inference.study import load_rule, review_series
 
     torch.set_num_threads(cores())
     bundle, _ = load_model(weights)
     predictor = Predictor(bundle, torch.device("cpu"))
-    predictor.warmup(None)
+    predictor.warmup()
     data = volume_bytes((SHAPE[0], SHAPE[1], slices), seed=1)
     series = read_series([("long.nii.gz", data)])[0].series
     del data
-    base = _rss_mb()
+    base = rss_mb()
     samples: list[float] = []
-    review_series(predictor, series, load_rule(), progress=lambda done, n: samples.append(_rss_mb()))
+    review_series(predictor, series, load_rule(), progress=lambda done, n: samples.append(rss_mb()))
     return {"slices": slices, "volume_mb": round(series.volume.nbytes / 2 ** 20, 1),
             "rss_after_read_mb": round(base, 1),
             "peak_during_review_mb": round(max(samples), 1), "growth_mb": round(max(samples) - base, 1),
@@ -204,7 +221,7 @@ def render(r: dict) -> str:
     lines = [
         "### Study review (whole series)",
         "",
-        f"`python -m bench.study_section` ({r['date']}, {r['machine']}"
+        f"`python -m bench.sections.study` ({r['date']}, {r['machine']}"
         + (f"; `{r['output']}`" if r.get("output") else "") + f"): {r['volume']}, model "
         f"{r['precision']}{', mirror-averaged' if r['tta'] == 'hflip' else ''}, heatmap {r['cam_method']}; after "
         f"`Predictor.warmup()` as the app does at load."
@@ -248,12 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from bench.common import ForeignLoad, cores, load_model, machine_info, machine_slug
-
-    weights = args.weights or _weights_default()
+    weights = args.weights or default_weights()
     if args.memory_child:
         print(json.dumps(memory_child(weights, args.memory_child)))
         return 0
+    from core.explain.cam import Explainer
     from core.inference.predictor import Predictor
 
     torch.set_num_threads(cores())
@@ -262,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(torch.device("cpu"))
     out = REPO / "bench" / "results" / f"study-{machine_slug(info)}-{dt.date.today().isoformat()}.json"
     with ForeignLoad() as load:
-        r = study_section(predictor, weights, repeats=args.repeats, output=str(out.relative_to(REPO)))
+        r = study_section(predictor, Explainer(predictor), weights, repeats=args.repeats,
+                          output=str(out.relative_to(REPO)))
     r["model"] = desc
     if load.result is not None:
         r["other_programs"] = load.result

@@ -168,6 +168,27 @@ def test_batch_job_worker_thread_rows_stop_and_uploads(tmp_path):
     time.sleep(0.05)
     assert job.elapsed_seconds == elapsed  # the clock stops with the worker
 
+def test_a_stop_before_the_first_row_is_a_stopped_review_not_a_finished_one(tmp_path):
+    """An engine that honours Stop before yielding anything (a Ray cluster still starting its actors) ends the
+    rows without one; the job says "stopped", so the page shows "Stopped after 0 of N", not "Reviewed 0"."""
+    from ui.batch_job import CANCELLED, BatchJob
+
+    started, stopped = threading.Event(), threading.Event()
+
+    def rows():
+        started.set()
+        stopped.wait(30)  # the engine sees the Stop before its first result and returns
+        yield from ()
+
+    job = BatchJob(root=tmp_path, label="t", class_names=list(CLASSES), model_sha256="x", total=10,
+                   uncertain_below=0.6)
+    job.launch(rows())
+    assert started.wait(30)
+    job.cancel()
+    stopped.set()
+    assert job.wait(30) and job.status == CANCELLED and job.done == 0
+
+
 
 def test_format_confidence_never_rounds_up_to_the_threshold():
     from ui.charts import confidence_histogram, format_confidence
@@ -191,14 +212,14 @@ def test_save_uploads_sanitises_names(tmp_path):
 
 
 # -- single-scan records + images ---------------------------------------------------------------------
-def test_result_record_json_csv(tiny_predictor, scan_u8):
+def test_result_record_json_csv(tiny_predictor, tiny_explainer, scan_u8):
     from ui.results import analyse_bytes, explain, record_csv, record_json, result_record
     from ui.imaging import png_bytes
 
     data = png_bytes(scan_u8)
     a = analyse_bytes(tiny_predictor, data, "scan.png")
-    cam = explain(tiny_predictor, a, "gradcam", 1)
-    assert cam.target == tiny_predictor.class_names[1] and explain(tiny_predictor, a, "gradcam", 1) is cam
+    cam = explain(tiny_explainer, a, "gradcam", 1)
+    assert cam.target == tiny_predictor.class_names[1] and explain(tiny_explainer, a, "gradcam", 1) is cam
     b = tiny_predictor.bundle
     rec = result_record(a.prediction, file_name="scan.png", file_sha256=a.file_sha256, model_name=b.name,
                         model_version=b.version, model_sha256=b.sha256, uncertain_below=0.6, cam_method="gradcam",

@@ -30,7 +30,7 @@ import pandas as pd
 from core.review.audit_trail import AuditTrail
 from core.review.folder import MODEL_COLUMNS, Engine, csv_columns, run_batch
 from core.io.files import count_image_files
-from core.io.image import DEFAULT_LIMITS, DecodeLimits
+from core.io.types import DEFAULT_LIMITS, DecodeLimits
 from core.inference.predictor import Predictor
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
@@ -166,6 +166,11 @@ class BatchJob:
                 if self._cancel.is_set():
                     status = CANCELLED
                     break
+            else:
+                # A Stop that lands before the first row (e.g. while a Ray cluster is still starting its actors)
+                # ends the engine without a row: still a stopped review, not a finished one.
+                if self._cancel.is_set():
+                    status = CANCELLED
         except Exception as exc:  # noqa: BLE001 - e.g. the folder vanished; keep finished rows
             status, error = FAILED, f"{type(exc).__name__}: {exc}"
         finally:

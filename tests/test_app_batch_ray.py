@@ -94,6 +94,9 @@ def test_a_review_runs_on_a_real_ray_cluster_with_progress_rows_audit_and_stop(a
             at = _start_on_ray(at, "big")  # Stop as soon as it runs
             job = at.session_state["batch_job"]
             assert job.running and at.button(key="batch_stop")  # the progress panel, as for a local review
+            deadline = time.monotonic() + 120  # Stop once the cluster's first rows are in (a Stop before any row
+            while job.done == 0 and job.running and time.monotonic() < deadline:  # is test_app_units' case)
+                time.sleep(0.05)
             at.button(key="batch_stop").click().run()
             assert job.wait(120) and job.status == "cancelled" and job.done < job.total == 161
             at = at.run()

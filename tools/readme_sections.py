@@ -7,7 +7,8 @@ Four README blocks are generated, never typed:
   * ``bench``: the file ``bench/README_section.md`` written by ``python -m bench``, followed by
     ``bench/README_section_study.md`` (``python -m bench.sections.study``, also run by ``python -m bench``) and
     ``bench/README_section_gpu.md`` (the same, written by a run on a GPU; ``bench/gpu_check.sh``) when present,
-    and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.sections.pacs``);
+    and a line from the newest ``bench/results/pacs-*.json`` (``python -m bench.sections.pacs``) and
+    ``bench/results/model-switch-*.json`` (``python -m bench.model_switch``);
   * ``shift-eval``: rendered from ``reports/shift_eval.json`` (``python -m tools.shift_eval``);
   * ``fine-model``: the 44-class model, from ``weights/feltrin44/model_card.json`` and ``metrics.json`` and the
     targets ``core.evaluation.targets.FINE_TARGETS``.
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 from app_config import AppConfig
+from bench.model_switch import readme_line as model_switch_line
 from core.explain.cam import CAM_METHOD_NAMES
 from core.model.card import ModelCard, TrainingRecord
 from core.evaluation.metrics import pooled_missed_findings
@@ -306,6 +308,9 @@ def render_bench() -> str:
     pacs = sorted(BENCH_RESULTS.glob("pacs-*.json"))  # python -m bench.sections.pacs, saved by date
     if pacs:
         text += "\n\n" + _pacs_line(pacs[-1])
+    switches = sorted(BENCH_RESULTS.glob("model-switch-*.json"))  # python -m bench.model_switch, saved by date
+    if switches:
+        text += "\n\n" + model_switch_line(switches[-1])
     if BENCH_GPU_SECTION.is_file():
         text += "\n\n### On a GPU\n\n" + _without_heading(BENCH_GPU_SECTION)
     return text

@@ -160,8 +160,8 @@ def random_bundle(image_size: int = 160, seed: int = 0):
     feats = model.head.in_features
     ood = MahalanobisOOD(torch.randn(len(CLASS_NAMES), feats) * 0.1, torch.eye(feats), threshold=float("inf"))
     spec = PreprocessSpec(image_size=image_size, mean=0.26, std=0.24)
-    return ModelBundle(model=model, card=ModelCard(name="random-slimresnet"), spec=spec, class_names=list(CLASS_NAMES),
-                       temperature=1.0, ood=ood, sha256=RANDOM_SHA)
+    card = ModelCard(name="random-slimresnet", class_names=list(CLASS_NAMES), input_spec=spec)  # temperature 1
+    return ModelBundle(model=model, card=card, ood=ood, sha256=RANDOM_SHA)
 
 
 def real_weights_ready(folder: Path) -> bool:
@@ -216,8 +216,8 @@ def vgg_bundle(spec, class_names: list[str]):
     from core.model.checkpoint import ModelBundle
 
     torch.manual_seed(0)
-    return ModelBundle(model=VGGBaseline(len(class_names)).eval(), card=ModelCard(name="vgg16-baseline"), spec=spec,
-                       class_names=list(class_names), temperature=1.0, ood=None, sha256="vgg16-random")
+    card = ModelCard(name="vgg16-baseline", class_names=list(class_names), input_spec=spec)  # temperature 1
+    return ModelBundle(model=VGGBaseline(len(class_names)).eval(), card=card, ood=None, sha256="vgg16-random")
 
 
 # --------------------------------------------------------------------------- data

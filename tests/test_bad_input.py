@@ -53,7 +53,9 @@ def tiny_predictor(tiny_bundle_dir):
     from core.model.checkpoint import load_bundle
     from core.inference.predictor import Predictor
 
-    return Predictor(dataclasses.replace(load_bundle(tiny_bundle_dir), temperature=1.0), torch.device("cpu"))
+    bundle = load_bundle(tiny_bundle_dir)
+    card = dataclasses.replace(bundle.card, calibration=dataclasses.replace(bundle.card.calibration, temperature=1.0))
+    return Predictor(dataclasses.replace(bundle, card=card), torch.device("cpu"))
 
 
 @pytest.fixture

@@ -35,7 +35,9 @@ ENGINES = [e for e in getattr(core_cam, "CAM_ENGINES", ("auto",)) if e != "auto"
 @pytest.fixture(scope="module")
 def predictor160(tiny_bundle_dir) -> Predictor:
     bundle = load_bundle(tiny_bundle_dir)
-    bundle = dataclasses.replace(bundle, spec=dataclasses.replace(bundle.spec, image_size=160), temperature=1.0)
+    card = dataclasses.replace(bundle.card, input_spec=dataclasses.replace(bundle.spec, image_size=160),
+                               calibration=dataclasses.replace(bundle.card.calibration, temperature=1.0))
+    bundle = dataclasses.replace(bundle, card=card)
     return Predictor(bundle, torch.device("cpu"))
 
 

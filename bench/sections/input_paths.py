@@ -95,7 +95,7 @@ def _gpu_row(bundle, spec, files: list[Path], device: torch.device, bs: int) -> 
     from core.gpu_preprocess import decode_batch, preprocess_batch, stream_batches
     from core.inference.predictor import Predictor
 
-    pred = Predictor(replace(bundle, spec=spec), device)
+    pred = Predictor(replace(bundle, card=replace(bundle.card, input_spec=spec)), device)
     datas = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8).pin_memory() for f in files[:bs]]
     decode_batch(datas[:8], device)
     with Timer(device) as td:
@@ -134,7 +134,7 @@ def input_paths(bundle, device: torch.device, files: list[Path], bs: int = 64, s
     rows, fwd = [], None
     for label, spec in ((f"current CPU path ({bundle.spec.head_search}, full decode)", bundle.spec),
                         ("CPU reduced decode (gamma_hist)", fast)):
-        pred = Predictor(replace(bundle, spec=spec), device)
+        pred = Predictor(replace(bundle, card=replace(bundle.card, input_spec=spec)), device)
         fwd = fwd or forward_stats(pred, device, spec, bs, 5)  # the same network either way: measured once
         row = {"path": label, "head_search": spec.head_search, "batch": bs, **stage_ms(spec, datas)}
         row["forward_ms"] = round(1000 / fwd["images_per_s"], 4)

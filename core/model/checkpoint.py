@@ -43,12 +43,24 @@ class ModelBundle:
     """Everything needed to serve a model; built by :func:`load_bundle`."""
 
     model: Classifier  # on CPU, eval mode
-    card: ModelCard
-    spec: PreprocessSpec
-    class_names: list[str]
-    temperature: float
+    card: ModelCard  # the one record of the input contract, classes and calibration (read through below)
     ood: MahalanobisOOD | None
     sha256: str
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """The input contract (``card.input_spec``): the preprocessing every input of this model goes through."""
+        return self.card.input_spec
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in model output order (``card.class_names``)."""
+        return self.card.class_names
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature (``card.calibration.temperature``; 1 on a card without calibration)."""
+        return float(self.card.calibration.temperature)
 
     @property
     def version(self) -> str:
@@ -151,9 +163,8 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR, card: ModelCard | None =
     if _OOD_PREFIX + "means" in tensors:
         ood = MahalanobisOOD(tensors.pop(_OOD_PREFIX + "means"), tensors.pop(_OOD_PREFIX + "precision"),
                              float(card.ood.threshold))
-    spec, class_names = card.input_spec, list(card.class_names)
     try:
-        model = build_model(arch.name, spec.channels, len(class_names), cam_layer=arch.cam_layer)
+        model = build_model(arch.name, card.input_spec.channels, len(card.class_names), cam_layer=arch.cam_layer)
     except ValueError as exc:
         raise CheckpointError(f"model card {folder / CARD_FILE}: {exc}") from None
     try:
@@ -161,4 +172,4 @@ def load_bundle(folder: str | Path = DEFAULT_MODEL_DIR, card: ModelCard | None =
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not match architecture {arch.name!r}: {exc}") from None
     model.eval()
-    return ModelBundle(model, card, spec, class_names, float(card.calibration.temperature), ood, expected)
+    return ModelBundle(model, card, ood, expected)

@@ -31,6 +31,13 @@ def _upload():
     return files
 
 
+def _viewer_data(at: AppTest) -> dict:
+    """The data the page last sent the browser-side slice viewer (ui.slice_stack)."""
+    el = at.get("bidi_component")
+    assert el, [type(e).__name__ for e in at.main]
+    return json.loads(el[-1].proto.json)
+
+
 def _start() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     at.switch_page(PAGE).run()
@@ -56,22 +63,36 @@ def test_study_page_lists_series_with_verdicts_and_moves_between_slices(app_env)
     assert "Series verdict" in text and "Rule:" in text and "contiguous slices" in text
     assert "The rule was not chosen for this model" in text  # the tiny test model is not the one it was chosen on
     assert at.selectbox(key="study_series").options and len(at.selectbox(key="study_series").options) == 2
-    slider = next(w for w in at.slider if (w.key or "").startswith("study_slice_"))
-    start = slider.value
-    at.button(key="study_next" if start < 14 else "study_prev").click().run()
+    goto = next(w for w in at.number_input if (w.key or "").startswith("study_goto_"))
+    start = int(next(t for t in all_text(at).split("\n") if t.startswith("Slice ")).split()[1])
+    moved = 3 if start != 3 else 4
+    goto.set_value(moved).run()
     assert not at.exception, at.exception
-    moved = at.slider(key=slider.key).value
-    assert moved != start
-    assert f"Slice {moved} of 14" in all_text(at)
+    assert f"Slice {moved} of 14 (calibrated)" in all_text(at)
+    assert at.number_input(key=goto.key).value is None  # the box empties itself once it has jumped
+    # The viewer in the browser is sent the shown slice, its heatmap and a caption per slice, and told to jump.
+    data = _viewer_data(at)
+    assert data["n"] == 14 and data["k"] == moved - 1 and data["goto"]["k"] == moved - 1
+    assert str(moved - 1) in data["greys"] and data["greys"][str(moved - 1)].startswith("data:image/png;base64,")
+    assert data["blends"][str(moved - 1)]["src"].startswith("data:image/jpeg;base64,")
+    assert len(data["captions"]) == 14 and data["pending"] in (True, False)
+    # The viewer reports what it shows and holds: the page follows it and sends the slices it lacks.
+    view = {"k": 9, "grey_id": data["grey_id"], "blend_id": data["blend_id"], "greys": "1" * 14,
+            "blends": "0" * 14, "goto": data["goto"]["nonce"], "tick": 5}
+    at.session_state[goto.key.replace("study_goto_", "study_stack_")] = {"view": view}
+    at.run()
+    assert not at.exception, at.exception
+    assert "Slice 10 of 14 (calibrated)" in all_text(at)
+    data = _viewer_data(at)
+    assert data["greys"] == {} and "9" in data["blends"]  # nothing it holds is sent again
     # The viewer keeps each heatmap and computes the neighbours of the shown slice ahead (a slice change then
     # only draws): after a short wait the next slice's map is there before the reader steps to it.
     cams = next(iter(at.session_state["study_slice_cams"].values()))
-    assert cams.wait(timeout=120) and cams.cached(moved - 1)
-    assert all(cams.cached(j) for j in cams.neighbours(moved - 1, around=1))
-    # The image / heatmap pair of the shown slice and the strip chart are drawn.
+    assert cams.wait(timeout=120) and cams.cached(9)
+    assert all(cams.cached(j) for j in cams.neighbours(9, around=1))
+    # The strip chart is drawn.
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert any(s["data"][0]["type"] == "image" for s in specs)
-    strip = next(s for s in specs if s["data"][0]["type"] == "scatter")
+    strip = next(s for s in specs if "tumour (1 − no tumour)" in [t.get("name") for t in s["data"]])
     assert "tumour (1 − no tumour)" in [t.get("name") for t in strip["data"]]
     assert strip["layout"]["xaxis"]["range"] == [0.5, 14.5]
     labels = [b.label for b in at.get("download_button")]

@@ -1,5 +1,5 @@
 """Real-browser test of the Study review page: upload a .nii.gz and a zipped DICOM series, see the verdicts, move
-through the slices with the → key and the Next button, and see the image / heatmap pair.
+through the slices with the → key, the viewer's buttons and slider and the strip chart, and see each slice's heatmap.
 
     .venv/bin/pytest -m e2e tests/test_e2e_study.py
 """
@@ -36,9 +36,20 @@ def study_server(study_files, tmp_path_factory):
 
 
 def _shown_slice(pg) -> int:
-    m = re.search(r"Slice (\d+) of 12", pg.inner_text("body"))
-    assert m, "no 'Slice N of 12' line"
+    """The slice the browser-side viewer shows (its label is in the component's shadow root)."""
+    m = re.match(r"Slice (\d+) of 12", pg.locator(".sv-label").inner_text())
+    assert m, "no 'Slice N of 12' line in the viewer"
     return int(m.group(1))
+
+
+def _heatmap_shown(pg, k: int) -> None:
+    """Wait until the viewer shows slice ``k``'s heatmap (1-based), decoded, and the page has followed it."""
+    pg.locator(f".sv-blend[data-slice='{k - 1}']").wait_for()
+    assert pg.locator(".sv-blend").evaluate(
+        "im => (im.complete && im.naturalWidth > 0) || new Promise(done => {"
+        " im.addEventListener('load', () => done(true), {once: true});"
+        " im.addEventListener('error', () => done(false), {once: true}); })")
+    pg.wait_for_function(f"document.body.innerText.includes('Slice {k} of 12 (calibrated)')")
 
 
 def _settle(pg) -> None:
@@ -51,48 +62,51 @@ def test_upload_nifti_and_zipped_dicom_then_step_through_slices(page, study_serv
     page.get_by_text("Waiting for a series").wait_for()
     page.locator('input[type="file"]').first.set_input_files([str(p) for p in files])
     page.get_by_text("Series verdict").wait_for()
-    page.get_by_text(re.compile(r"Slice \d+ of 12")).first.wait_for()
+    page.locator(".sv-blend[data-slice]:not([data-slice=''])").wait_for()
     _settle(page)
-    # The strip chart and the image / heatmap pair are drawn.
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
+    # The strip chart, and the viewer's image / heatmap pair, are drawn.
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1")
     body = page.inner_text("body")
     assert "Rule:" in body and "contiguous slices" in body and "Research use only" in body
     assert "head.nii.gz · NIfTI" in body  # the first series of the list is shown first
     assert not any(s in body for s in SECRETS)
     shot(page, "e2e_study_1_review")
     before = _shown_slice(page)
-    # Keyboard: → is the Next button's shortcut (focus off any input first).
+    # Keyboard: ← → step the viewer (focus off any input first); the heatmap of the new slice is drawn.
     page.locator("h1").first.click()
     key, expected = ("ArrowRight", before + 1) if before < 12 else ("ArrowLeft", before - 1)
     page.keyboard.press(key)
-    page.wait_for_function(f"document.body.innerText.includes('Slice {expected} of 12')")
+    _heatmap_shown(page, expected)
+    assert _shown_slice(page) == expected
     _settle(page)
-    # And the buttons.
-    name, expected2 = ("Previous", expected - 1) if expected > 1 else ("Next", expected + 1)
-    page.get_by_role("button", name=name).click()
-    page.wait_for_function(f"document.body.innerText.includes('Slice {expected2} of 12')")
+    # The viewer's buttons, and its slider.
+    button, expected2 = (".sv-prev", expected - 1) if expected > 1 else (".sv-next", expected + 1)
+    page.locator(button).click()
+    _heatmap_shown(page, expected2)
+    page.locator(".sv-range").fill("6" if expected2 != 6 else "7")
+    expected3 = 6 if expected2 != 6 else 7
+    _heatmap_shown(page, expected3)
     _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
-    assert page.locator(".js-plotly-plot").count() >= 2
     shot(page, "e2e_study_2_moved")
-    # A click on a point of the strip chart jumps to that slice.
-    target = 3 if expected2 != 3 else 4
+    # A click on the strip chart, in a slice's column, jumps the viewer to that slice.
+    target = 3 if expected3 != 3 else 4
     plot = page.locator(".js-plotly-plot").first
-    xy = plot.evaluate("""(gd, k) => {
-        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, tr = gd._fullData[0];
-        const y = Array.from(tr.y)[k - 1];
+    xy = plot.evaluate("""(gd, k) => {  // anywhere in the slice's column: here, halfway up
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         const box = gd.getBoundingClientRect();
-        return [box.left + xa._offset + xa.l2p(k), box.top + ya._offset + ya.l2p(y)];
+        return [box.left + xa._offset + xa.l2p(k), box.top + ya._offset + ya.l2p(0.5)];
     }""", target)
     page.mouse.click(xy[0], xy[1])
-    page.wait_for_function(f"document.body.innerText.includes('Slice {target} of 12')")
+    _heatmap_shown(page, target)
+    assert _shown_slice(page) == target
     _settle(page)
     # The second series of the upload has its own verdict once chosen.
     page.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name=re.compile("AX FLAIR E2E")).click()
     _settle(page)
-    page.get_by_text(re.compile(r"Slice \d+ of 12")).first.wait_for()
     page.get_by_text("AX FLAIR E2E · DICOM series").wait_for()
+    page.locator(".sv-blend[data-slice]:not([data-slice=''])").wait_for()
     assert "Series verdict" in page.inner_text("body")
     assert not any(s in page.inner_text("body") for s in SECRETS)
     shot(page, "e2e_study_3_dicom")

@@ -112,9 +112,26 @@ def test_the_bench_section_measures_both_parts_on_the_running_ray(local_ray, fol
     r = ray_vs_local(tiny_predictor, str(tiny_bundle_dir), files, batch_size=4, local_workers=(0,), rounds=1,
                 memory_files=60)
     assert r["engines"]["identical_rows"] and set(r["engines"]["images_per_s"]) == {"local, in-process", "ray"}
+    # Where the overhead lies: seconds to the first row, and the rate from there on, per engine.
+    assert set(r["engines"]["first_row_s"]) == set(r["engines"]["images_per_s_after_first_row"]) == \
+        {"local, in-process", "ray"}
+    assert r["engines"]["ratio_ray_to_best_local_after_first_row"] > 0
     mem = r["driver_memory"]
     assert mem["rows"] == 60 and mem["error_rows"] == 0 and len(mem["rss_samples"]) >= 2
     assert ray.is_initialized()
+
+
+def test_a_model_actor_imports_the_heatmap_library_only_for_heatmaps(tiny_bundle_dir):
+    """Each actor is a new process, and its imports are most of a run's start-up: without --cam-method it never
+    loads the CAM library (and scikit-learn under it)."""
+    code = ("import sys; from core.model.checkpoint import load_bundle; from core.review.ray_engine import "
+            "_PredictStage; w = sys.argv[1]; sha = load_bundle(w).sha256; _PredictStage(w, sha, 'cpu', 'auto', 4, "
+            "None); plain = 'pytorch_grad_cam' in sys.modules; s = _PredictStage(w, sha, 'cpu', 'auto', 4, "
+            "'gradcam'); print(plain, 'pytorch_grad_cam' in sys.modules, s.explainer is not None)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bundle_dir)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]
 
 
 def test_resume_works_across_engines(local_ray, folder, tiny_predictor, tiny_bundle_dir, tmp_path):

@@ -1,10 +1,10 @@
-"""The slice viewer of the Study review page, as a fragment: moving to another slice reruns only this part.
+"""The slice viewer of the Study review page: the image / heatmap pair in the browser, the rest as a fragment.
 
-Why a fragment: a slider move, an arrow key or a click on the strip chart used to rerun the whole page (the
-series table, the summary, every widget: 0.4-0.9 s). Inside ``st.fragment`` only the viewer reruns, and what
-it draws is reused: the heatmaps come from a :class:`core.explain.study_cams.SliceCams` (kept, and the neighbours of
-the shown slice computed ahead in the background), the strip chart is built once per series and only its
-slice line moves, and the image pair figure only gets new image sources.
+The pair, its slider, ←/→ and the Previous / Next buttons live in the page (``ui.slice_stack``): a move draws
+at once from the slices and heatmaps already sent. Each move is reported, and this fragment reruns (only this
+part of the page): it follows the shown slice (strip-chart line, the slice's probabilities, downloads), computes
+its heatmap and its neighbours' (``core.explain.study_cams.SliceCams``, in the background) and sends the viewer
+what it lacks, nearest to the shown slice first. A click on the strip chart or "Go to slice" jumps the viewer.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS, overlay
-from core.io.dicom import DicomDisplay, apply_display_window
+from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS
+from core.io.dicom import DicomDisplay
 from core.io.display import analysed_window
 from core.report.pdf import KeyImage, study_pdf
 from core.report.sr import ModelIdentity, SeriesFinding
@@ -23,10 +23,14 @@ from core.io.series import Series
 from core.inference.study import SeriesReview
 from core.explain.study_cams import SliceCams
 from ui import views
-from ui.imaging import colour_scale, draw_peak_marker, to_uint8
-from ui.study_view import move_marker, record_json, refill_pair, series_record, slice_table, slices_csv, strip_chart
+from ui.slice_stack import BLENDS_PER_RUN, GREYS_PER_RUN, BrowserView, nearest_missing, slice_stack
+from ui.study_view import (colour_stops, heatmap_panel, move_marker, png_uri, record_json, series_record,
+                           slice_caption, slice_table, slices_csv, strip_chart, windowed_slice)
 
 MAX_CAM_SETS = 4  # SliceCams kept per session (series x plane x method x target)
+AHEAD = 16  # heatmaps computed ahead on each side of the shown slice: 33 slices, within the 48 SliceCams keeps
+NEAR = 4  # the viewer asks again while one of these neighbours' heatmaps is being computed; the farther ones
+# travel with the next report (each rerun of the page also redraws the strip chart in the browser)
 
 
 def _cache(name: str) -> OrderedDict:
@@ -58,41 +62,59 @@ def _strip(series: Series, review: SeriesReview, model_sha: str, k: int):
     return move_marker(fig, k)
 
 
-@st.fragment
-def slice_viewer(ctx, series: Series, review: SeriesReview, plane: str) -> None:
-    """Slider, ← → keys, strip chart, the shown slice's image and heatmap, and the downloads."""
-    n = review.n_slices
-    skey = f"study_slice_{series.key[:12]}_{plane}"
-    ckey = f"study_strip_{series.key[:12]}_{plane}"
+def _shown_slice(series: Series, review: SeriesReview, plane: str) -> tuple[int, dict, BrowserView, str]:
+    """The slice shown (1-based), the last jump asked for here ({k, nonce}), the browser's view and the viewer's
+    key. A click on the strip chart or "Go to slice" is a jump; otherwise the viewer's last report decides."""
+    n, tag = review.n_slices, f"{series.key[:12]}_{plane}"
+    skey, ckey, jkey, vkey = (f"study_slice_{tag}", f"study_strip_{tag}", f"study_jump_{tag}",
+                              f"study_stack_{tag}")
     if skey not in st.session_state:
         st.session_state[skey] = (review.top_slices[0] if review.top_slices else n // 2) + 1
-    # A click on the strip chart (its selection is in the session before the slider is drawn) jumps to it.
+    jump = st.session_state.setdefault(jkey, {"k": None, "nonce": 0})
+    view = BrowserView.read(vkey, n)
     points = ((st.session_state.get(ckey) or {}).get("selection") or {}).get("points") or []
-    if points:
-        clicked = int(round(points[0].get("x", st.session_state[skey])))
-        if st.session_state.get(ckey + "_done") != clicked:
-            st.session_state[ckey + "_done"] = clicked
-            st.session_state[skey] = min(max(clicked, 1), n)
+    clicked = int(round(points[0].get("x", st.session_state[skey]))) if points else None
+    if clicked is not None and st.session_state.get(ckey + "_done") != clicked:
+        st.session_state[ckey + "_done"] = clicked
+        _jump(skey, jkey, clicked, n)
+    elif view.k is not None and view.tick != st.session_state.get(vkey + "_tick") and view.goto >= jump["nonce"]:
+        st.session_state[skey] = view.k + 1  # a report from before the last jump does not undo it
+    st.session_state[vkey + "_tick"] = view.tick
 
-    def step(delta: int) -> None:
-        st.session_state[skey] = min(max(st.session_state[skey] + delta, 1), n)
+    gkey = f"study_goto_{tag}"
 
-    b1, b2, b3 = st.columns([1, 1, 6], vertical_alignment="bottom")
-    b1.button("Previous", icon=":material/arrow_back:", key="study_prev", on_click=step, args=(-1,),
-              shortcut="Left", width="stretch", disabled=st.session_state[skey] <= 1)
-    b2.button("Next", icon=":material/arrow_forward:", key="study_next", on_click=step, args=(1,), shortcut="Right",
-              width="stretch", disabled=st.session_state[skey] >= n)
+    def go_to() -> None:
+        # Emptied again here, never written from the script: a box the page rewrote on each move could send a
+        # stale number back while the viewer moves, and jump the reader back.
+        if st.session_state[gkey] is not None:
+            _jump(skey, jkey, st.session_state[gkey], n)
+        st.session_state[gkey] = None
+
+    c1, c2 = st.columns([1, 5], vertical_alignment="bottom")
+    c1.number_input("Go to slice", 1, n, value=None, step=1, key=gkey, on_change=go_to, placeholder=f"1–{n}",
+                    help="Type a slice number and press Enter. Or use ← → and the slider of the viewer below, or "
+                         "click the chart.")
     first = {"axial": "inferior", "coronal": "posterior"}.get(plane, "right")
-    shown = b3.slider(f"Slice (1 = most {first})", 1, n, key=skey,
-                      help="Keys ← → step one slice; click the chart below to jump.")
-    k = shown - 1
-    st.plotly_chart(_strip(series, review, ctx.predictor.bundle.sha256, k), key=ckey, on_select="rerun",
-                    selection_mode="points", config={"displaylogo": False})
-    st.caption("Calibrated probability of each class per slice; dotted: tumour probability (1 − no tumour); dashed: "
-               "the rule's threshold; shaded: the longest positive run; blue line: the slice shown. Click a point "
-               "to jump to its slice.")
+    c2.caption(f"Slice 1 = most {first}. Keys ← → step one slice; click the chart at a slice to jump to it.")
+    return st.session_state[skey], st.session_state[jkey], view, vkey
 
-    # -- the shown slice: image and heatmap, computed when shown (or ahead, for the neighbours) -----------------
+
+def _jump(skey: str, jkey: str, to: int, n: int) -> None:
+    st.session_state[skey] = min(max(int(to), 1), n)
+    st.session_state[jkey] = {"k": st.session_state[skey] - 1, "nonce": st.session_state[jkey]["nonce"] + 1}
+
+
+@st.fragment
+def slice_viewer(ctx, series: Series, review: SeriesReview, plane: str) -> None:
+    """Go-to box, strip chart, CAM controls, the viewer of the shown slice, and the downloads."""
+    shown, jump, view, vkey = _shown_slice(series, review, plane)
+    k = shown - 1
+    st.plotly_chart(_strip(series, review, ctx.predictor.bundle.sha256, k),
+                    key=f"study_strip_{series.key[:12]}_{plane}", on_select="rerun", selection_mode="points",
+                    config={"displaylogo": False})
+    st.caption("Calibrated probability of each class per slice; dotted: tumour probability (1 − no tumour); dashed: "
+               "the rule's threshold; shaded: the longest positive run; blue line: the slice shown. Click the "
+               "chart at a slice to jump to it.")
     k1, k2, k3, k4 = st.columns([1.2, 1, 1, 0.8])
     card_method = ctx.predictor.bundle.card.explanation.method
     methods = list(CAM_METHODS)
@@ -109,19 +131,19 @@ def slice_viewer(ctx, series: Series, review: SeriesReview, plane: str) -> None:
     colormap = k4.selectbox("Colour map", list(COLORMAPS), key="study_colormap")
     cams = slice_cams(ctx, series, review, method, None if target == -1 or method in CLASS_AGNOSTIC else target)
     try:
-        cam, item = cams.get(k)
+        cam, item = cams.get(k)  # the shown slice's map now; the rest ahead, in the background
     except Exception as exc:  # noqa: BLE001 - never a traceback in the page
         st.error(f"The heatmap could not be computed ({type(exc).__name__}: {exc}).", icon=":material/error:")
         return
-    blend, title = _viewer(ctx, series, review, plane, k, shown, cam, item, method, opacity, colormap)
-    cams.prefetch(cams.neighbours(k))  # the slices the reader reaches next, computed while this one is read
-    _downloads(ctx, series, review, shown, blend, title)
+    cams.prefetch(cams.neighbours(k, around=AHEAD))
+    blend, panel = heatmap_panel(item, cam, method, opacity, colormap)
+    style = (method, target, opacity, colormap)
+    _viewer(ctx, series, review, plane, k, jump, view, vkey, cams, item, style, panel)
+    _downloads(ctx, series, review, shown, blend, panel["title"])
 
 
-def _viewer(ctx, series: Series, review: SeriesReview, plane: str, k: int, shown: int, cam, item, method: str,
-            opacity: float, colormap: str):
-    """Window/level, the image / heatmap pair and the series facts. Returns (the blend, its title)."""
-    n, names = review.n_slices, review.class_names
+def _window(series: Series, review: SeriesReview, plane: str, k: int, item) -> tuple[float, float]:
+    """The window / level expander (display only): returns (centre, width)."""
     stored = series.plane_image(k, plane)
     display = DicomDisplay(values=stored, monochrome1=False, file_window=None, voi_lut_sequence=False)
     lo, hi = float(stored.min()), float(stored.max())
@@ -137,41 +159,68 @@ def _viewer(ctx, series: Series, review: SeriesReview, plane: str, k: int, shown
     vmin, vmax = min(lo, series_lo) - span, max(hi, series_hi) + span
     st.session_state[wc] = float(min(max(st.session_state[wc], vmin), vmax))
     st.session_state[ww] = float(min(max(st.session_state[ww], 1.0), 2 * (vmax - vmin)))
+    with st.expander("Window / level (display only)", icon=":material/contrast:"):
+        centre = st.slider("Window centre (level)", vmin, vmax, key=wc)
+        width = st.slider("Window width", 1.0, 2 * (vmax - vmin), key=ww)
+        w1, w2, w3 = st.columns(3)
+        w1.button("Series window", on_click=set_window, width="stretch", key="study_win_series",
+                  args=((series_lo + series_hi) / 2, max(series_hi - series_lo, 1.0)))
+        w2.button("As analysed (this slice)", on_click=set_window, width="stretch", key="study_win_analysed",
+                  args=analysed_window(display, item.decoded.pixels, item.window))
+        w3.button("Full range", on_click=set_window, args=((lo + hi) / 2, span), width="stretch",
+                  key="study_win_full")
+        st.caption("Changes only what you see; the model and the heatmap always use the series as analysed.")
+    return centre, width
+
+
+def _to_send(series: Series, review: SeriesReview, plane: str, k: int, view: BrowserView, cams: SliceCams,
+             window: tuple[float, float], style: tuple, shown_panel: dict) -> dict:
+    """What the viewer lacks, nearest to slice ``k`` first: grey slices (PNG) and computed heatmaps (JPEG; the
+    encoded ones are kept per style so a slice is encoded once), and whether more will follow."""
+    n = review.n_slices
+    grey_id = f"{series.key[:16]}|{plane}|{window[0]:.6g}|{window[1]:.6g}"
+    blend_id = f"{series.key[:16]}|{plane}|{cams.method}|{cams.target}|{style[2]:.3g}|{style[3]}|{review.rule}"
+    held_greys = view.holds(view.grey_id == grey_id, view.greys)
+    held_blends = view.holds(view.blend_id == blend_id, view.blends)
+    if view.k is None:  # the viewer has not reported yet: the shown slice only, then it asks
+        greys_wanted, blend_wanted = [k], [k]
+    else:
+        greys_wanted = nearest_missing(n, k, held_greys, GREYS_PER_RUN)
+        blend_wanted = nearest_missing(n, k, held_blends, n, within=AHEAD)
+    greys = {j: png_uri(windowed_slice(series, plane, j, *window)) for j in greys_wanted}
+    encoded = _cache("study_blend_uris")
+    mine = encoded.get(blend_id) or _remember(encoded, blend_id, {}, 1)
+    mine[k] = shown_panel
+    blends, more = {}, False
+    for j in blend_wanted:
+        if j not in mine and cams.cached(j):
+            cam, item = cams.get(j)
+            mine[j] = heatmap_panel(item, cam, style[0], style[2], style[3])[1]
+        if j not in mine:  # still being computed ahead: ask again soon if the reader is about to need it
+            more = more or (abs(j - k) <= NEAR and cams.busy())
+        elif len(blends) < BLENDS_PER_RUN:
+            blends[j] = mine[j]
+        else:
+            more = True  # ready, over this rerun's share
+    more = more or bool(nearest_missing(n, k, held_greys | set(greys), 1))
+    return {"n": n, "grey_id": grey_id, "blend_id": blend_id, "greys": greys, "blends": blends,
+            "pending": more}
+
+
+def _viewer(ctx, series: Series, review: SeriesReview, plane: str, k: int, jump: dict, view: BrowserView,
+            vkey: str, cams: SliceCams, item, style: tuple, panel: dict) -> None:
+    """Window/level, the viewer of the series (image / heatmap pair) and the series facts."""
+    names = review.class_names
     left, right = st.columns([2, 0.95])
     with left:
-        with st.expander("Window / level (display only)", icon=":material/contrast:"):
-            centre = st.slider("Window centre (level)", vmin, vmax, key=wc)
-            width = st.slider("Window width", 1.0, 2 * (vmax - vmin), key=ww)
-            w1, w2, w3 = st.columns(3)
-            w1.button("Series window", on_click=set_window, width="stretch", key="study_win_series",
-                      args=((series_lo + series_hi) / 2, max(series_hi - series_lo, 1.0)))
-            w2.button("As analysed (this slice)", on_click=set_window, width="stretch", key="study_win_analysed",
-                      args=analysed_window(display, item.decoded.pixels, item.window))
-            w3.button("Full range", on_click=set_window, args=((lo + hi) / 2, span), width="stretch",
-                      key="study_win_full")
-            st.caption("Changes only what you see; the model and the heatmap always use the series as analysed.")
-        grey = to_uint8(apply_display_window(display, centre, width))
-        blend = draw_peak_marker(overlay(item, cam.heatmap, opacity, colormap), cam.peak)
-        p = review.probabilities[k]
-        predicted = int(np.nan_to_num(p, nan=-1.0).argmax())
-        title = f"{CAM_METHOD_NAMES.get(method, method)}: " + ("class-agnostic" if method in CLASS_AGNOSTIC
-                                                                else cam.target)
-        if review.blank[k]:
-            line = "blank slice (no signal): not predicted"
-        else:
-            line = (f"{names[predicted]} ({p[predicted]:.1%}) · tumour probability {review.tumour_prob[k]:.1%}"
-                    + (" · **outside intended use**" if review.ood[k] else "")
-                    + (" · positive" if review.positive[k] else ""))
-        st.markdown(f"**Slice {shown} of {n}** · {line}")
-        pair = refill_pair(st.session_state.get("study_pair_fig"), grey, blend, (f"Slice {shown}", title),
-                           colour_scale(COLORMAPS[colormap]),
-                           "1 = peak of the predicted class's map" if cam.scale < 1 else "1 = this map's peak")
-        st.session_state["study_pair_fig"] = pair
-        st.plotly_chart(pair, key="study_pair", config={"scrollZoom": True, "displaylogo": False})
-        px, py = cam.peak_pixel()
-        st.caption(f"Ring: heatmap peak at x={px}, y={py} px. Scroll to zoom, drag to pan; both panels move "
-                   "together. " + ("Outside intended use: " + review.ood_reasons[k]
-                                   if review.ood[k] and review.ood_reasons[k] else ""))
+        window = _window(series, review, plane, k, item)
+        sent = _to_send(series, review, plane, k, view, cams, window, style, panel)
+        slice_stack(vkey, k=k, captions=[slice_caption(review, j) for j in range(review.n_slices)],
+                    colours=colour_stops(style[3]), goto=jump, **sent)
+        ood = review.ood_reasons[k] if review.ood[k] and review.ood_reasons[k] else ""
+        st.caption("Left: the slice as stored, through the window above. Right: the heatmap over the slice as the "
+                   "model saw it, ring at its peak. Scroll to zoom, drag to pan (both panels move together), "
+                   "double-click to reset." + (f" Slice {k + 1} is outside intended use: {ood}" if ood else ""))
     with right:
         st.markdown("**Series**")
         facts = {"name": series.name, "format": series.source_format, "acquired plane": series.acquired_plane,
@@ -183,11 +232,10 @@ def _viewer(ctx, series: Series, review: SeriesReview, plane: str, k: int, shown
             st.dataframe(pd.DataFrame({"tag": list(series.tags), "value": list(series.tags.values())}),
                          hide_index=True, width="stretch", key="study_tags")
         st.caption(":material/lock: Patient, institution and date tags are never read into the app.")
-        st.markdown("**This slice (calibrated)**")
+        st.markdown(f"**Slice {k + 1} of {review.n_slices} (calibrated)**")
         st.dataframe(pd.DataFrame({"class": names, "probability": ["–" if np.isnan(v) else f"{v:.1%}"
                                                                    for v in review.probabilities[k]]}),
                      hide_index=True, width="stretch", key="study_slice_probs")
-    return blend, title
 
 
 def slice_table_panel(review: SeriesReview) -> None:

@@ -50,7 +50,9 @@ def compare_engines(predictor, weights: str, files: list[Path], batch_size: int 
     """Images/s over ``files`` (written as a list file) of the local engine (in-process, and with each count
     of decode processes in ``local_workers``) and of the Ray engine, run in turn ``rounds`` times (the median
     is reported, so a burst of other load hits every engine alike); the ratio of Ray to the best local
-    figure and to the in-process one; and whether the rows are identical (probabilities within 1e-5)."""
+    figure and to the in-process one; and whether the rows are identical (probabilities within 1e-5). Also, per
+    engine, the seconds until the first row and the rate from the first row on: a fixed start-up cost and a
+    per-image cost are different overheads."""
     from statistics import median
 
     from core.review.folder import local_engine, run_batch
@@ -59,6 +61,8 @@ def compare_engines(predictor, weights: str, files: list[Path], batch_size: int 
     ray = import_ray()
     out: dict = {"images": len(files), "batch": batch_size, "rounds": rounds}
     runs: dict[str, list[float]] = {}
+    starts: dict[str, list[float]] = {}  # seconds until the first row (Ray: its actors start and load the model)
+    after: dict[str, list[float]] = {}  # images/s from the first row on
     started = _start_ray(cpus)
     try:
         ray_engine = RayEngine(weights)
@@ -74,8 +78,14 @@ def compare_engines(predictor, weights: str, files: list[Path], batch_size: int 
                 for name, engine in engines.items():
                     csv_path = Path(tmp) / f"{name}.csv"
                     t0 = time.perf_counter()
-                    n = sum(1 for _ in run_batch(predictor, lst, csv_path, chunk_size=batch_size, engine=engine))
-                    runs.setdefault(name, []).append(n / (time.perf_counter() - t0))
+                    first, n = None, 0
+                    for _ in run_batch(predictor, lst, csv_path, chunk_size=batch_size, engine=engine):
+                        first = first if first is not None else time.perf_counter() - t0
+                        n += 1
+                    total = time.perf_counter() - t0
+                    runs.setdefault(name, []).append(n / total)
+                    starts.setdefault(name, []).append(first or 0.0)
+                    after.setdefault(name, []).append((n - 1) / max(total - (first or 0.0), 1e-9))
             ref = _rows(Path(tmp) / "local, in-process.csv") if 0 in local_workers else None
             b = _rows(Path(tmp) / "ray.csv")
     finally:
@@ -85,6 +95,11 @@ def compare_engines(predictor, weights: str, files: list[Path], batch_size: int 
     out["images_per_s_each_round"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
     best_local = max(v for k, v in out["images_per_s"].items() if k != "ray")
     out["ratio_ray_to_best_local"] = round(out["images_per_s"]["ray"] / best_local, 3)
+    # Where Ray's overhead lies: the seconds before the first row, and the rate once rows flow.
+    out["first_row_s"] = {k: round(median(v), 2) for k, v in starts.items()}
+    out["images_per_s_after_first_row"] = {k: round(median(v), 1) for k, v in after.items()}
+    best_after = max(v for k, v in out["images_per_s_after_first_row"].items() if k != "ray")
+    out["ratio_ray_to_best_local_after_first_row"] = round(out["images_per_s_after_first_row"]["ray"] / best_after, 3)
     if ref is not None:
         out["ratio_ray_to_in_process"] = round(out["images_per_s"]["ray"] / out["images_per_s"]["local, in-process"], 3)
         probs = [k for k in (ref[0] if ref else {}) if k.startswith("p_")] + ["confidence"]

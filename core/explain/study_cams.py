@@ -53,6 +53,11 @@ class SliceCams:
         self._thread: threading.Thread | None = None
         self._running = False
 
+    def busy(self) -> bool:
+        """True while the background thread still has slices to compute."""
+        with self._lock:
+            return self._running
+
     def cached(self, k: int) -> bool:
         with self._lock:
             return k in self._done

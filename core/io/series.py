@@ -89,7 +89,9 @@ class Series:
         sample = v[v > 0] if v.size <= 20_000_000 else v[::2, ::2][v[::2, ::2] > 0]
         if sample.size == 0:
             return 0.0, 1.0
-        lo, hi = np.percentile(sample, [0.1, 99.9])
+        # sample is this call's own copy: partitioning it in place saves np.percentile a second one (a
+        # volume-sized transient, the largest allocation of a series review).
+        lo, hi = np.percentile(sample, [0.1, 99.9], overwrite_input=True)
         lo = min(float(lo), 0.0)
         return lo, float(hi) if hi > lo else lo + 1.0
 

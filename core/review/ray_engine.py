@@ -87,7 +87,6 @@ class _PredictStage:
         from core.model.device import select_device
         from core.errors import CheckpointError
         from core.inference.predictor import Predictor
-        from core.explain.cam import Explainer
 
         bundle = load_bundle(weights)  # the weights' SHA-256 is checked against their card here
         if bundle.sha256 != model_sha256:
@@ -96,7 +95,11 @@ class _PredictStage:
         # Ray hides the GPUs an actor did not reserve, so "auto" is CPU on a CPU actor.
         self.predictor = Predictor(bundle, select_device(device), precision, batch_size)
         self.cam_method = cam_method
-        self.explainer = Explainer(self.predictor) if cam_method else None  # this actor's own, for its model
+        self.explainer = None
+        if cam_method:  # imported only then: the CAM library (and scikit-learn under it) adds ~1.3 s per actor
+            from core.explain.cam import Explainer
+
+            self.explainer = Explainer(self.predictor)  # this actor's own, for its model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = predict_batch(self.predictor, PipelineBatch(list(batch["result"]), None), self.cam_method,

@@ -101,6 +101,11 @@ def test_upload_nifti_and_zipped_dicom_then_step_through_slices(page, study_serv
     _heatmap_shown(page, target)
     assert _shown_slice(page) == target
     _settle(page)
+    # ← → on a widget that uses them itself (here the overlay-opacity slider) are that widget's, not a step.
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("ArrowRight")
+    _settle(page)
+    assert _shown_slice(page) == target
     # The second series of the upload has its own verdict once chosen.
     page.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name=re.compile("AX FLAIR E2E")).click()

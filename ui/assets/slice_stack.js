@@ -22,11 +22,17 @@ function mask(list, n) {
   return s;
 }
 
+// Widgets that use ← → themselves (Streamlit's sliders, number boxes, select boxes, tables, radio groups…): a key
+// pressed there is theirs, not a slice step.
+const OWN_ARROWS = new Set(["slider", "spinbutton", "combobox", "listbox", "option", "textbox", "menu", "menuitem",
+  "tab", "tablist", "radio", "radiogroup", "grid", "gridcell"]);
+
 function editable(node) {
   if (!node || !node.tagName) return false;
   const tag = node.tagName.toUpperCase();
   return tag === "TEXTAREA" || tag === "SELECT" || node.isContentEditable ||
-    (tag === "INPUT" && !node.classList.contains("sv-range"));
+    (tag === "INPUT" && !node.classList.contains("sv-range")) ||
+    OWN_ARROWS.has((node.getAttribute && node.getAttribute("role")) || "");
 }
 
 function build(root) {

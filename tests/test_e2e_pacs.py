@@ -71,9 +71,14 @@ def page(browser):
 def _pdf_text(data: bytes) -> bytes:
     """The PDF's bytes with every Flate-compressed stream inflated (fpdf2 compresses page content)."""
     out = [data]
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+    # Each stream by its declared /Length as well as by its end marker: one clean-clone run did not find the page
+    # text with the end-marker search alone (not pinned down; compressed bytes can hold the marker themselves).
+    starts = [(m.end(), int(m.group(1))) for m in re.finditer(rb"/Length (\d+)[^>]*>>\s*stream\r?\n", data)]
+    chunks = [data[a:a + n] for a, n in starts]
+    chunks += [m.group(1) for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S)]
+    for chunk in chunks:
         try:
-            out.append(zlib.decompress(m.group(1)))
+            out.append(zlib.decompress(chunk))
         except zlib.error:
             pass
     return b"\n".join(out)

@@ -112,6 +112,16 @@ def peak_rss_mb() -> dict:
     return {"self_mb": peak, "children_max_mb": round(child_kb / 1024, 1)}
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs "5"), so :func:`peak_rss_mb` then reads
+    the peak since now; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def rss_mb() -> float:
     """Resident memory of this process now (MB)."""
     import psutil

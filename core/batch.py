@@ -24,9 +24,9 @@ from tqdm import tqdm
 from core.errors import CheckpointError
 from core.inference.predictor import Predictor
 from core.io.files import count_image_files
-from core.model.checkpoint import DEFAULT_MODEL_DIR, load_bundle
+from core.model.checkpoint import load_bundle
 from core.model.device import select_device
-from core.model.registry import find_model
+from core.model.registry import add_model_options, model_folder
 from core.review.audit_trail import AuditTrail, default_audit_path
 from core.review.folder import DEFAULT_UNCERTAIN_BELOW, Engine, local_engine, run_batch
 from core.review.ray_engine import RayEngine  # imports no Ray until an engine is made
@@ -45,12 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to walk recursively (JPG, PNG, TIFF, BMP, DICOM), or a text file listing one path "
                         "(relative to the list file's folder) or URI (file://, s3://… through fsspec) per line")
     p.add_argument("--out", default="results.csv", help="CSV to write (rows are appended as they finish)")
-    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder, or with --model the registry "
-                                                                      "folder holding it (core.model.registry)")
-    p.add_argument("--model", default=None, help="a model of the registry --weights by name (card name or folder "
-                                                 "name, e.g. brain-mri-feltrin44); default: the folder's own bundle")
+    add_model_options(p)
     p.add_argument("--cam-method", default=None, help="also compute Grad-CAM peaks: gradcam, gradcam++, eigencam, layercam")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--resume", action="store_true", help="skip files already in --out and append")
     p.add_argument("--chunk-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, help="confidence under this is 'uncertain'")
@@ -90,7 +86,7 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     """The predictor of ``--weights`` (``--model``: a model of that registry, whose folder then replaces
     ``args.weights``, as the Ray workers load it from there) on ``--device``."""
     try:
-        args.weights = str(find_model(args.weights, args.model)) if args.model else args.weights
+        args.weights = str(model_folder(args.weights, args.model))
         return Predictor(load_bundle(args.weights), select_device(args.device), batch_size=args.chunk_size)
     except (CheckpointError, ValueError) as exc:
         raise Refused(exc) from exc

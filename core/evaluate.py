@@ -21,9 +21,9 @@ from core.evaluation.evaluate import LabelledRun, metrics_for_run, run_labelled
 from core.evaluation.metrics import summary
 from core.evaluation.source_eval import evaluate_parts
 from core.inference.predictor import Predictor
-from core.model.checkpoint import DEFAULT_MODEL_DIR, ModelBundle, load_bundle
+from core.model.checkpoint import ModelBundle, load_bundle
 from core.model.device import select_device
-from core.model.registry import find_model
+from core.model.registry import add_model_options, model_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of FOLDER: the held-out part of every source in the model card's data spec")
     p.add_argument("--data-root", default=None, help="with --held-out: folder of the data spec's sources "
                                                      "(default: the one recorded in the card)")
-    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights), or "
-                                                                      "with --model the registry folder holding it")
-    p.add_argument("--model", default=None, help="a model of the registry --weights by name (core.model.registry); "
-                                                 "default: the folder's own bundle")
+    add_model_options(p)
     p.add_argument("--out", default=None, help="write the full metrics JSON here")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     return p
 
@@ -75,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.folder) == args.held_out:
         p.error("give a labelled FOLDER or --held-out (one of the two)")
     try:  # as core.batch: a bad model folder, device or labelled folder is a clear error, not a traceback
-        bundle = load_bundle(find_model(args.weights, args.model) if args.model else args.weights)
+        bundle = load_bundle(model_folder(args.weights, args.model))
         predictor = Predictor(bundle, select_device(args.device), batch_size=args.batch_size)
         if args.held_out:
             metrics = held_out_metrics(predictor, bundle, args.data_root)

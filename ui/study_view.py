@@ -87,11 +87,15 @@ def jpeg_uri(rgb: np.ndarray, quality: int = 90) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
+def slice_display(series: Series, plane: str, k: int) -> DicomDisplay:
+    """Slice ``k`` of ``plane`` as stored (``values``: float (H, W) in the series' own units), for windowing."""
+    return DicomDisplay(values=series.plane_image(k, plane), monochrome1=False, file_window=None,
+                        voi_lut_sequence=False)
+
+
 def windowed_slice(series: Series, plane: str, k: int, centre: float, width: float) -> np.ndarray:
     """Slice ``k`` of ``plane`` as stored, through the display window (centre, width): uint8 (H, W)."""
-    stored = series.plane_image(k, plane)
-    display = DicomDisplay(values=stored, monochrome1=False, file_window=None, voi_lut_sequence=False)
-    return to_uint8(apply_display_window(display, centre, width))
+    return to_uint8(apply_display_window(slice_display(series, plane, k), centre, width))
 
 
 def slice_caption(review: SeriesReview, k: int) -> str:

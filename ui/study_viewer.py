@@ -15,7 +15,6 @@ import pandas as pd
 import streamlit as st
 
 from core.explain.cam import CAM_METHOD_NAMES, CAM_METHODS, CLASS_AGNOSTIC, COLORMAPS
-from core.io.dicom import DicomDisplay
 from core.io.display import analysed_window
 from core.report.pdf import KeyImage, study_pdf
 from core.report.sr import ModelIdentity, SeriesFinding
@@ -25,7 +24,8 @@ from core.explain.study_cams import SliceCams
 from ui import views
 from ui.slice_stack import BLENDS_PER_RUN, GREYS_PER_RUN, BrowserView, nearest_missing, slice_stack
 from ui.study_view import (colour_stops, heatmap_panel, move_marker, png_uri, record_json, series_record,
-                           slice_caption, slice_table, slices_csv, strip_chart, windowed_slice)
+                           slice_caption, slice_display, slice_table, slices_csv, strip_chart,
+                           windowed_slice)
 
 MAX_CAM_SETS = 4  # SliceCams kept per session (series x plane x method x target)
 AHEAD = 16  # heatmaps computed ahead on each side of the shown slice: 33 slices, within the 48 SliceCams keeps
@@ -144,9 +144,8 @@ def slice_viewer(ctx, series: Series, review: SeriesReview, plane: str) -> None:
 
 def _window(series: Series, review: SeriesReview, plane: str, k: int, item) -> tuple[float, float]:
     """The window / level expander (display only): returns (centre, width)."""
-    stored = series.plane_image(k, plane)
-    display = DicomDisplay(values=stored, monochrome1=False, file_window=None, voi_lut_sequence=False)
-    lo, hi = float(stored.min()), float(stored.max())
+    display = slice_display(series, plane, k)
+    lo, hi = float(display.values.min()), float(display.values.max())
     span = max(hi - lo, 1.0)
     wc, ww = f"study_wc_{series.key[:12]}", f"study_ww_{series.key[:12]}"
     series_lo, series_hi = review.scale

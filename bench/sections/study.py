@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (REPO, ForeignLoad, cores, default_weights, load_model, machine_info, machine_slug,
-                          rss_mb, run_json)
+                          peak_rss_mb, reset_peak_rss, rss_mb, run_json)
 from bench.context import BenchContext
 from bench.study_browser import browser_slice_changes
 
@@ -188,7 +188,7 @@ def memory_child(weights: str, slices: int) -> dict:
     series = read_series([("long.nii.gz", data)])[0].series
     del data
     base = rss_mb()
-    hwm = _reset_peak_rss()
+    hwm = reset_peak_rss()
     samples: list[float] = []
     review_series(predictor, series, load_rule(), progress=lambda done, n: samples.append(rss_mb()))
     out = {"slices": slices, "volume_mb": round(series.volume.nbytes / 2 ** 20, 1),
@@ -197,7 +197,7 @@ def memory_child(weights: str, slices: int) -> dict:
            "samples_mb": [round(s) for s in samples[:: max(1, len(samples) // 8)]],
            "drift_mb": _drift(samples)}
     if hwm:  # the kernel's high-water mark since the reset: transients between samples included
-        out["true_peak_growth_mb"] = round(_peak_rss_mb() - base, 1)
+        out["true_peak_growth_mb"] = round(peak_rss_mb()["self_mb"] - base, 1)
     return out
 
 
@@ -208,22 +208,6 @@ def _drift(samples: list[float]) -> float:
     not."""
     third = max(1, len(samples) // 3)
     return round(statistics.median(samples[-third:]) - statistics.median(samples[:third]), 1)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs "5"); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _peak_rss_mb() > 0
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def targets(r: dict) -> dict:

@@ -10,12 +10,13 @@ Layout (old paths keep working)::
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.model.card import ModelCard
-from core.model.checkpoint import CARD_FILE
+from core.model.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,22 @@ def list_models(root: str | Path) -> list[ModelEntry]:
         subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         out += [e for e in (_entry(p, False) for p in subs) if e is not None]
     return out
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--model`` and ``--device``, as every command that loads a model takes them (read them back
+    with :func:`model_folder` and ``core.model.device.select_device``)."""
+    p.add_argument("--weights", default=str(DEFAULT_MODEL_DIR), help="model folder (model_card.json + weights), or "
+                                                                      "with --model the registry folder holding it")
+    p.add_argument("--model", default=None, help="a model of the registry --weights by name (card name or folder "
+                                                 "name, e.g. brain-mri-feltrin44); default: the folder's own bundle")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+
+
+def model_folder(weights: str | Path, name: str | None) -> Path:
+    """The bundle folder that ``--weights`` and ``--model`` name: ``weights`` itself without a name, else that
+    registry's model ``name`` (:func:`find_model`)."""
+    return find_model(weights, name) if name else Path(weights)
 
 
 def find_model(root: str | Path, name: str | None) -> Path:

@@ -64,7 +64,7 @@ DEFAULT_DATA_SPEC = REPO / "data_specs" / "multisource.json"
 # Inputs of ImageNet-initialised networks are standardised as in their pretraining ([0, 1] -> [-1, 1]).
 PRETRAINED_MEAN_STD = (0.5, 0.5)
 SAMPLINGS = ("auto", "uniform", "sqrt_source_class")
-AUGMENTS = ("basic", "scanner")
+AUGMENTS = ("basic", "scanner", "scanner_strip")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
     p.add_argument("--augment", default="basic", choices=AUGMENTS,
                    help="augmentation set (core.data.augment): basic = geometry, gamma, gain, resolution, noise; "
-                        "scanner = basic plus monotone contrast curves, CLAHE, bias field, blur/sharpen, JPEG")
+                        "scanner = basic plus monotone contrast curves, CLAHE, bias field, blur/sharpen, JPEG; "
+                        "scanner_strip = scanner plus random skull stripping of sources with a skull")
     p.add_argument("--gamma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="augmentation: random intensity gamma per image (other scanners and sequences; "
                         "above 1 darkens mid-tones); default: the --augment set's")
@@ -340,7 +341,7 @@ def validation_scores(model: Classifier, images: torch.Tensor, labels: np.ndarra
 
 def augment_config(args: argparse.Namespace) -> AugmentConfig:
     """The augmentation set of ``--augment``, with ``--gamma-range`` when given."""
-    cfg = AugmentConfig.scanner() if args.augment == "scanner" else AugmentConfig()
+    cfg = {"scanner": AugmentConfig.scanner, "scanner_strip": AugmentConfig.scanner_strip}.get(args.augment, AugmentConfig)()
     if args.gamma_range is not None:
         cfg = replace(cfg, gamma_range=(float(args.gamma_range[0]), float(args.gamma_range[1])))
     return cfg
@@ -358,12 +359,13 @@ def sampling_weights(records: list, how: str) -> np.ndarray | None:
 def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
                 val_labels: np.ndarray, spec: PreprocessSpec, args: argparse.Namespace, device: torch.device,
                 gen: torch.Generator, weights: np.ndarray | None = None,
-                val_sources: np.ndarray | None = None) -> dict:
+                val_sources: np.ndarray | None = None, has_skull: np.ndarray | None = None) -> dict:
     """Train in place; restores the best-validation weights. Returns the training history.
 
     ``weights``: per-image draw probabilities (``sampling_weights``); each epoch then draws as many images
     as there are, with replacement. ``val_sources``: the source of each validation image, for the
-    per-source selection score.
+    per-source selection score. ``has_skull``: bool per training image, which may be skull-stripped by the
+    augmentation (default: all).
     """
     steps_per_epoch = (len(images) + args.batch_size - 1) // args.batch_size
     if args.max_steps:
@@ -376,6 +378,7 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
     aug = augment_config(args)
     draw = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     images, labels = images.to(device), labels.to(device)
+    skull = None if has_skull is None else torch.as_tensor(has_skull, dtype=torch.bool, device=device)
     # use_buffers: BatchNorm running statistics are averaged too, so the averaged model is usable as it is.
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
            if args.ema > 0 else None)
@@ -390,11 +393,13 @@ def train_model(model: Classifier, images: torch.Tensor, labels: torch.Tensor, v
         for step, idx in enumerate(bar):
             if step >= steps_per_epoch:
                 break
-            x = augment_batch(images[idx.to(device)].float().unsqueeze(1) / 255, aug).squeeze(1)
+            idx = idx.to(device)
+            x = augment_batch(images[idx].float().unsqueeze(1) / 255, aug,
+                              has_skull=None if skull is None else skull[idx]).squeeze(1)
             x = to_model_tensor(x, spec)
             if device.type != "mps":
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx.to(device)]
+            y = labels[idx]
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = F.cross_entropy(model(x), y, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -552,6 +557,7 @@ def training_record(args: argparse.Namespace, command: str, setup: RunSetup, pre
         data_root=str(setup.root), train_dir=args.train_dir, test_dir=args.test_dir, data_fingerprint=fingerprints,
         # Equal across a chain of continued runs: each child was selected on its parent's validation files.
         validation_fingerprint=fingerprint([split.records[i] for i in prepared.val_idx]),
+        split_input_spec=None if setup.split_spec == setup.spec else setup.split_spec.to_dict(),
         train_files=int(len(prepared.train_idx)), val_files=int(len(prepared.val_idx)),
         epochs_run=result["epochs_run"], best_epoch=result["best_epoch"], best_weights=result["best_weights"],
         history=result["history"],
@@ -663,7 +669,7 @@ def set_up(args: argparse.Namespace) -> RunSetup:
     spec = replace(base, image_size=args.image_size, head_search=args.head_search)
     if parent is not None and spec.head_search != parent.spec.head_search:
         spec = replace(spec, version=PreprocessSpec.version)  # the pipeline's definition changed
-    return RunSetup(device, parent, data, root, spec, spec if parent is None else parent.spec)
+    return RunSetup(device, parent, data, root, spec, spec if parent is None else parent.card.split_spec)
 
 
 def standardisation(args: argparse.Namespace, setup: RunSetup, prepared: PreparedData) -> PreprocessSpec:
@@ -730,10 +736,12 @@ def train_run(run: Run, args: argparse.Namespace, gen: torch.Generator) -> dict:
         return {"history": [], "best_epoch": 0, "best_weights": "parent", "epochs_run": 0}
     images = torch.from_numpy(prepared.images)
     train_idx, val_idx = prepared.train_idx, prepared.val_idx
+    stripped = {s.name for s in run.setup.data.sources if s.skull_stripped}
     return train_model(model, images[train_idx], torch.from_numpy(labels[train_idx]), images[val_idx],
                        labels[val_idx], spec, args, device, gen,
                        sampling_weights([split.records[i] for i in train_idx], args.sampling),
-                       np.array([split.records[i].source for i in val_idx]))
+                       np.array([split.records[i].source for i in val_idx]),
+                       np.array([split.records[i].source not in stripped for i in train_idx]))
 
 
 def fit_calibration_and_ood(model: Classifier, prepared: PreparedData, spec: PreprocessSpec,

@@ -18,7 +18,7 @@ resolution can be mapped back onto the original image.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -34,6 +34,8 @@ HEAD_SEARCHES = ("otsu", "gamma_otsu", "gamma_hist")
 # copy, an 8-bit pipeline without float round trips, and (for JPEG) a DCT-scaled decode at the resolution the
 # crop needs; see preprocess_8bit. Cards that name another search keep their exact code path.
 FAST_SEARCHES = ("gamma_hist",)
+# The full-resolution search each fast search stands in for, and must keep matching (tools.input_path_equivalence).
+FULL_SEARCH_OF = {"gamma_hist": "gamma_otsu"}
 _SEARCH_SIDE = 256  # the head search and the statistics run on a copy whose longer side is at most this
 # gamma_otsu drives the Otsu threshold of the normalised copy to this level. Chosen on validation
 # files for box stability under gamma 0.6-3.0 and agreement with the plain Otsu box on unshifted
@@ -47,6 +49,12 @@ def check_head_search(method: str) -> str:
     if method not in HEAD_SEARCHES:
         raise ValueError(f"unknown head_search {method!r}; expected one of {HEAD_SEARCHES}")
     return method
+
+
+def full_path_spec(spec: "PreprocessSpec") -> "PreprocessSpec":
+    """``spec`` with the full-resolution head search its fast search stands in for (``gamma_hist`` ->
+    ``gamma_otsu``): the reference the fast path is checked and benchmarked against. Other specs unchanged."""
+    return replace(spec, head_search=FULL_SEARCH_OF.get(spec.head_search, spec.head_search))
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,30 @@ def test_init_from_at_another_size_fine_tunes_on_the_parents_split(tmp_path, tin
                        "--init-from", str(tiny_bundle_dir)]) == 2
 
 
+def test_a_continued_run_on_another_crop_records_and_rebuilds_its_ancestors_split(tmp_path, tiny_bundle_dir):
+    """A child fine-tuned on a new head search keeps its parent's split; its card says which crop that split
+    was computed on, so the tools that rebuild a model's held-out parts (``split_of_model``) still match the
+    card's fingerprints, and a grandchild keeps the same split."""
+    import train
+    from core.data.splits import split_of_model
+    from core.model.card import ModelCard
+
+    parent = json.loads((tiny_bundle_dir / "model_card.json").read_text())
+    root = parent["data"]["root"]
+    child, grandchild = tmp_path / "child", tmp_path / "grandchild"
+    assert train.main(["--dry-run", "--out", str(child), "--data-root", root, "--head-search", "gamma_hist",
+                       "--init-from", str(tiny_bundle_dir)]) == 0
+    assert train.main(["--dry-run", "--out", str(grandchild), "--data-root", root, "--epochs", "0",
+                       "--init-from", str(child)]) == 0
+    for folder in (child, grandchild):
+        card = ModelCard.from_dict(json.loads((folder / "model_card.json").read_text()))
+        assert card.input_spec.head_search == "gamma_hist"
+        assert card.training.split_input_spec == parent["input_spec"]
+        assert card.training.validation_fingerprint == parent["training"]["validation_fingerprint"]
+        split_of_model(card, root)  # raises ValueError if a rebuilt part's fingerprint differed
+    assert "split_input_spec" not in parent["training"] or parent["training"]["split_input_spec"] is None
+
+
 def test_epochs_zero_refits_calibration_for_a_new_tta_without_touching_the_weights(tmp_path, tiny_bundle_dir):
     import train
     from core.model.checkpoint import load_bundle
@@ -250,7 +274,7 @@ def test_gamma_range_reaches_the_augmentation(monkeypatch):
 
     seen = []
 
-    def spy(images, cfg, generator=None):
+    def spy(images, cfg, generator=None, has_skull=None):
         seen.append(cfg.gamma_range)
         return images
 
@@ -362,3 +386,23 @@ def test_44_class_metrics_have_collapsed_type_and_sequence_views_with_intervals(
     assert type_and_sequence("_NORMAL T2") == ("_NORMAL", "T2")
     merged = collapsed_view([[2, 1], [0, 3]], ["a x", "b x"], lambda n: "all")
     assert merged["confusion_matrix"] == [[6]] and merged["accuracy"] == 1.0
+
+
+def test_experiments_report_the_epochs_of_the_ancestor_that_trained_a_chain_of_refits(tmp_path, tiny_bundle_dir):
+    """The shipped model is a re-fit of a re-fit (new head search on top of a new evaluation): its candidate row
+    still says how many epochs trained its weights, and the chain's time."""
+    import train
+    from core.model.card import ModelCard
+    from tools.experiments import _selection
+
+    parent = ModelCard.from_dict(json.loads((tiny_bundle_dir / "model_card.json").read_text()))
+    root = str(parent.data.root)
+    one, two = tmp_path / "refit1", tmp_path / "refit2"
+    assert train.main(["--dry-run", "--out", str(one), "--data-root", root, "--epochs", "0",
+                       "--init-from", str(tiny_bundle_dir)]) == 0
+    assert train.main(["--dry-run", "--out", str(two), "--data-root", root, "--epochs", "0", "--head-search",
+                       "gamma_hist", "--init-from", str(one)]) == 0
+    card = ModelCard.from_dict(json.loads((two / "model_card.json").read_text()))
+    score, _, epochs, seconds = _selection(card)
+    assert epochs == parent.training.epochs_run > 0
+    assert score == _selection(parent)[0] and seconds >= parent.training.duration_s

@@ -4,7 +4,8 @@ On the validation slices of every source of the model's multi-source split (rebu
 against the card's fingerprint, as ``tools.validation_split`` does), each slice goes through both paths exactly as
 the batch pipeline runs them (``core.inference.pipeline.load_file``: read, ``decode_for``, ``preprocess_decoded``):
 
-* reference: the card's ``input_spec`` (full decode, its own head search);
+* reference: the card's ``input_spec`` (full decode, its own head search), or for a card already on the fast
+  path, the same spec with the search it replaces (``gamma_otsu``: the definition it must keep matching);
 * candidate: the same spec with ``head_search="gamma_hist"`` (a JPEG decoded at the size the crop needs, the
   histogram head search, the 8-bit crop). Volume slices have no file: both paths start from the same decoded
   slice and differ only in the search and the crop.
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import CheckpointError
     from core.inference.predictor import Predictor
     from core.data.splits import split_of_model, trainable
+    from core.preprocess import full_path_spec
 
     args = build_parser().parse_args(argv)
 
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if fingerprint([split.records[i] for i in val]) != bundle.card.training.validation_fingerprint:
         print("error: the rebuilt validation part does not match the card's validation fingerprint", file=sys.stderr)
         return 2
-    ref_spec = bundle.spec
+    ref_spec = full_path_spec(bundle.spec)
     fast_spec = replace(ref_spec, head_search="gamma_hist")
     predictor = Predictor(bundle, select_device(args.device))
     rows, failed = compare_paths(predictor, _items(split, data, root, val, args.limit), ref_spec, fast_spec)

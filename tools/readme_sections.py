@@ -41,6 +41,7 @@ BENCH_RESULTS = REPO / "bench" / "results"
 SHIFT_REPORT = REPO / "reports" / "shift_eval.json"
 SEQUENCE_SHIFT_REPORT = REPO / "reports" / "shift_eval_feltrin.json"
 EXPERIMENTS = REPO / "reports" / "experiments.json"
+SKULL_STRIP_REPORT = REPO / "reports" / "skull_strip_check.json"
 
 
 def _ci(v: list[float] | None) -> str:
@@ -363,7 +364,8 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
     if aug:
         extras = [name for key, name in (("curve_p", "random monotone contrast curves"), ("clahe_p", "CLAHE"),
                                          ("bias_field_p", "bias fields"), ("blur_sharpen_p", "blur and sharpening"),
-                                         ("jpeg_p", "JPEG re-encoding")) if aug.get(key)]
+                                         ("jpeg_p", "JPEG re-encoding"),
+                                         ("skull_strip_p", "skull stripping")) if aug.get(key)]
         lines += ["", f"The shipped model was trained with gamma {aug['gamma_range'][0]:g}–{aug['gamma_range'][1]:g}, "
                       f"rotation ±{aug['max_rotation_deg']:g}°, scale {aug['scale_range'][0]:g}–{aug['scale_range'][1]:g}, "
                       "left–right flips, resolution loss and noise"
@@ -376,9 +378,33 @@ def render_shift_eval(report_path: Path = SHIFT_REPORT, weights: Path = WEIGHTS)
     return "\n".join(lines)
 
 
+def render_skull_strip(report_path: Path = SKULL_STRIP_REPORT) -> str:
+    """The skull-reliance check (``tools.skull_strip_check``): validation tumour and no-tumour calls of each model
+    checked, as stored and skull-stripped, per source."""
+    if not report_path.is_file():
+        return "Not measured yet: run `python -m tools.skull_strip_check`."
+    report = json.loads(report_path.read_text())
+    lines = [f"Measured by `{report['command'].strip()}` on the validation slices of the sources with a skull "
+             f"({report['seconds'] / 60:.0f} min). Share of tumour slices called a tumour (any type) / share of "
+             "no-tumour slices called no tumour:", ""]
+    # Columns every model was checked on; a source declared skull-stripped (for any model) is not one.
+    alone = {s for m in report["models"] for s in m["sources_left_alone"]}
+    sources = [s for s in next(iter(report["models"][0]["rows"].values())) if s not in alone
+               and all(s in next(iter(m["rows"].values())) for m in report["models"])]
+    for m in report["models"]:
+        lines += [f"Model `{m['model']['sha256'][:8]}…` version {m['model']['version']} (`{m['folder']}`):", "",
+                  "| slices | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
+        for name, per in m["rows"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_f(per[s]['tumour_called_tumour'])} / {_f(per[s]['no_tumour_called_no_tumour'])}" for s in sources)
+                + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def blocks() -> dict[str, str]:
     return {"model-results": render_model_results(), "bench": render_bench(), "shift-eval": render_shift_eval(),
-            "fine-model": render_fine_model()}
+            "fine-model": render_fine_model(), "skull-strip": render_skull_strip()}
 
 
 def apply(text: str, rendered: dict[str, str]) -> str:

@@ -1,6 +1,7 @@
 """Bench section ``input_paths`` (issue 22): each input path side by side, in one run.
 
-Paths: the model's own (its card's head search, full decode), the CPU reduced decode (``head_search="gamma_hist"``:
+Paths: the full one (the card's head search, or the one its fast search stands in for; full decode), the CPU
+reduced decode (``head_search="gamma_hist"``:
 a JPEG decoded at the size the crop needs, one-histogram head search, 8-bit crop) and, on a CUDA device, the
 tensor path of ``core.gpu_preprocess`` (``decode_jpeg`` on the GPU + head search and crop as tensor ops, files
 streamed by reader threads into pinned buffers); without a GPU that row says so.
@@ -128,12 +129,15 @@ def input_paths(bundle, device: torch.device, files: list[Path], bs: int = 64, s
     """The section's dict: ``rows`` (one per path), ``decoders``, and what was measured on what."""
     from core.inference.predictor import Predictor
 
-    fast = replace(bundle.spec, head_search="gamma_hist")
+    from core.preprocess import full_path_spec
+
+    full, fast = full_path_spec(bundle.spec), replace(bundle.spec, head_search="gamma_hist")
+    own = " (the model's)"
     datas = [Path(f).read_bytes() for f in files[:stage_images]]
     n = cores()
     rows, fwd = [], None
-    for label, spec in ((f"current CPU path ({bundle.spec.head_search}, full decode)", bundle.spec),
-                        ("CPU reduced decode (gamma_hist)", fast)):
+    for label, spec in ((f"full CPU path ({full.head_search}, full decode)" + own * (full == bundle.spec), full),
+                        ("CPU reduced decode (gamma_hist)" + own * (fast == bundle.spec), fast)):
         pred = Predictor(replace(bundle, card=replace(bundle.card, input_spec=spec)), device)
         fwd = fwd or forward_stats(pred, device, spec, bs, 5)  # the same network either way: measured once
         row = {"path": label, "head_search": spec.head_search, "batch": bs, **stage_ms(spec, datas)}

@@ -9,7 +9,13 @@ that gave the Kaggle archives away (README "What the model was trained on"):
   other scanners' and archives' tone curves);
 * local contrast: CLAHE (local histogram equalisation, which re-saved archive slices often carry) and a
   smooth multiplicative bias field (coil inhomogeneity);
-* sharpness and resolution: Gaussian blur, unsharp masking, downsampling, JPEG re-encoding, noise.
+* sharpness and resolution: Gaussian blur, unsharp masking, downsampling, JPEG re-encoding, noise;
+* skull stripping (``scanner_strip``): research archives such as BraTS publish brains with the skull and scalp
+  removed, and in the multi-source data only BraTS looks like that. ``python -m tools.skull_strip_check``
+  measures on validation how much a model's tumour calls depend on the skull (``reports/skull_strip_check.json``:
+  the shipped model calls fewer validation tumours a tumour once the skull is cut away with
+  :func:`strip_skull`). So slices of sources with a skull are stripped at random, and sources declared
+  ``skull_stripped`` are left alone (eroding a stripped brain again would cut away peripheral tumours).
 
 CLAHE and JPEG have no torch implementation: they run per image in OpenCV on the CPU (a 160 px slice takes
 about 0.1 ms), wherever the batch lives.
@@ -44,12 +50,19 @@ class AugmentConfig:
     clahe_p: float = 0.0
     blur_sharpen_p: float = 0.0  # half blur (sigma 0.5-1.5 px), half unsharp mask (amount 0.5-1.5)
     jpeg_p: float = 0.0  # re-encoded at quality 25-90
+    skull_strip_p: float = 0.0  # of the images that show a skull: skull and scalp cut away (strip_skull)
+    skull_strip_depth: tuple[float, float] = (0.03, 0.08)  # erosion of the head mask, fraction of the side
 
     @classmethod
     def scanner(cls, **overrides) -> "AugmentConfig":
         """The set the multi-source model is trained with (module docstring)."""
         return replace(cls(gamma_range=(0.5, 2.0), curve_p=0.4, bias_field_p=0.3, clahe_p=0.25,
                            blur_sharpen_p=0.3, jpeg_p=0.2), **overrides)
+
+    @classmethod
+    def scanner_strip(cls, **overrides) -> "AugmentConfig":
+        """``scanner`` plus random skull stripping (module docstring)."""
+        return cls.scanner(**{"skull_strip_p": 0.3, **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,12 +128,54 @@ def _per_image_cpu(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
     return out
 
 
-def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def strip_skull(image: np.ndarray, depth: float, margin: float = 0.03) -> np.ndarray:
+    """An approximate skull strip of a preprocessed head crop, framed again as the preprocessing frames a head.
+
+    The head is the largest bright region (Otsu on a blurred copy, holes filled); eroding it by ``depth`` x
+    the side takes off the scalp and the skull (their thickness is a few percent of a head's width). What is
+    left is re-windowed to its own 99.5th percentile, as ``core.preprocess`` windows inside the head, and
+    cropped to its box with ``margin``, padded square and resized back.
+
+    Args:
+        image: uint8 (S, S), a preprocessed slice (head crop, dark background).
+        depth: erosion as a fraction of S, e.g. 0.03-0.08.
+    Returns:
+        uint8 (S, S); the input itself when no head is found or the erosion would leave too little of it.
+    """
+    s = image.shape[0]
+    _, fg = cv2.threshold(cv2.GaussianBlur(image, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return image
+    head = np.zeros_like(fg)
+    cv2.drawContours(head, [max(contours, key=cv2.contourArea)], -1, 255, -1)
+    r = max(1, int(round(depth * s)))
+    brain = cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+    if brain.sum() < 0.1 * s * s:
+        return image
+    kept = image.astype(np.float32) * brain
+    top = float(np.percentile(kept[brain], 99.5))
+    kept = np.clip(kept * (255.0 / max(top, 1.0)), 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(brain)
+    pad = int(round(margin * max(np.ptp(ys), np.ptp(xs))))
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, s)
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, s)
+    box = kept[y0:y1, x0:x1]
+    h, w = box.shape
+    side = max(h, w)
+    square = np.zeros((side, side), np.uint8)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = box
+    return cv2.resize(square, (s, s), interpolation=cv2.INTER_AREA)
+
+
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
+                  has_skull: torch.Tensor | None = None) -> torch.Tensor:
     """Augment a batch of images in [0, 1].
 
     Args:
         images: float32 (N, 1, S, S) in [0, 1].
         generator: torch generator for the random draws (OpenCV steps draw from it too, via a seed).
+        has_skull: bool (N,), which images show a skull and may be skull-stripped (default: all of them).
     Returns:
         float32 (N, 1, S, S) in [0, 1]; every sample gets its own random parameters.
     """
@@ -132,6 +187,15 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
 
     def chance(p: float) -> torch.Tensor:
         return torch.rand(n, device=dev, generator=generator) < p
+
+    if cfg.skull_strip_p > 0:
+        # First, as it stands for another archive's preprocessing; geometry and contrast then vary it.
+        strip = chance(cfg.skull_strip_p)
+        if has_skull is not None:
+            strip &= has_skull.to(dev)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        rng_s = np.random.default_rng(seed)
+        images = _per_image_cpu(images, strip, lambda im: strip_skull(im, float(rng_s.uniform(*cfg.skull_strip_depth))))
 
     angle = uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg) * math.pi / 180
     scale = uniform(*cfg.scale_range)

@@ -63,6 +63,9 @@ class SourceSpec:
     min_brain_fraction: float = 0.3  # of the volume's largest axial foreground area
     max_depth_mm: float | None = None  # scans with skull and neck: slices at most this far below the vertex
     min_tumour_mm2: float = 100.0  # a tumour slice for training and the headline sensitivity (1 cm^2)
+    # The images show no skull (BraTS publishes skull-stripped brains): training's skull-strip augmentation
+    # leaves them alone.
+    skull_stripped: bool = False
     core_labels: tuple[int, ...] = ()  # label values of the tumour core (BraTS: 1, 3, 4; 2 is oedema), reported apart
 
     def label_for(self, key: str) -> str | None:

@@ -170,7 +170,7 @@ def split_of_model(card: ModelCard, data_root: str | Path | None = None, cache_d
     if not root.is_dir():
         raise ValueError(f"data root not found: {root} (pass the folder the data spec's sources live in)")
     seed = int(card.training.seed if card.training.seed is not None else 42)
-    split = split_sources(index_sources(data, root, card.input_spec, cache_dir, workers), data.near_distance, seed)
+    split = split_sources(index_sources(data, root, card.split_spec, cache_dir, workers), data.near_distance, seed)
     for key, fp in card.training.data_fingerprint.items():
         source, _, part = key.partition("/")
         if fingerprint([split.records[i] for i in split.select(part, source)]) != fp:

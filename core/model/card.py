@@ -180,6 +180,10 @@ class TrainingRecord(CardSection):
     test_dir: str | None = None
     data_fingerprint: dict[str, str] = field(default_factory=dict)  # "source/part" -> SHA-256 of its files
     validation_fingerprint: str | None = None
+    # The input spec the split and its near-duplicate groups were computed with, where it is not the model's
+    # own: a continued run that changed the crop keeps its ancestor's split (train.py ``set_up``), and a
+    # near-duplicate group found on other crops can differ at the margin. None: the model's input spec.
+    split_input_spec: dict[str, Any] | None = None
     train_files: int | None = None
     val_files: int | None = None
     epochs_run: int | None = None
@@ -278,6 +282,13 @@ class ModelCard(CardSection):
         if isinstance(self.input_spec, PreprocessSpec) and "input_spec" in out:
             out["input_spec"] = self.spec_layout.arrange(self.input_spec.to_dict(), _SPEC_ABSENT)
         return out
+
+    @property
+    def split_spec(self) -> PreprocessSpec | None:
+        """The input spec this model's split was computed with: ``training.split_input_spec`` where recorded (a
+        continued run that changed the crop keeps its ancestor's split), else the model's own."""
+        recorded = self.training.split_input_spec
+        return PreprocessSpec.from_dict(recorded) if recorded else self.input_spec
 
     @property
     def identity(self) -> dict[str, Any]:

@@ -113,9 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
     p.add_argument("--augment", default="basic", choices=AUGMENTS,
-                   help="augmentation set (core.data.augment): basic = geometry, gamma, gain, resolution, noise; "
-                        "scanner = basic plus monotone contrast curves, CLAHE, bias field, blur/sharpen, JPEG; "
-                        "scanner_strip = scanner plus random skull stripping of sources with a skull")
+                   help="augmentation set (core.data.augment's module docstring): basic, scanner (+ contrast curves, "
+                        "CLAHE, bias field, blur/sharpen, JPEG), scanner_strip (+ skull stripping)")
     p.add_argument("--gamma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="augmentation: random intensity gamma per image (other scanners and sequences; "
                         "above 1 darkens mid-tones); default: the --augment set's")
